@@ -1,0 +1,58 @@
+# The README's commands. Everything builds on an idempotent `make install`.
+SHELL := /bin/bash
+# Debian's interpreter, never a pyenv build: the box's venv is made the same way.
+PYTHON ?= /usr/bin/python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEV_DIR ?= var/dev
+PYTEST_ARGS ?=
+
+# Real peers the tests drive (see ../shared/PEERS.md and docs/testing.md).
+DEBIAN_TEST_PEERS := swaks postfix dovecot-imapd dovecot-pop3d pebble fetchmail getmail6 \
+	debootstrap qemu-system-x86 qemu-utils systemd-container neomutt curl iproute2 nftables \
+	certbot fdisk grub-pc-bin e2fsprogs python3-venv python3-dev gcc openssl vagrant
+DEBIAN_RUNTIME := python3-venv
+
+.PHONY: install deps-debian test up down lint docs image consortium clean
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -x $(PYTHON) || { echo "need $(PYTHON): apt-get install python3 python3-venv" >&2; exit 1; }
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@touch $@
+
+# Installs only what is missing, so a second run does not touch apt at all.
+deps-debian:
+	@missing=$$(for p in $(DEBIAN_TEST_PEERS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (run as root or install them): $$missing" >&2; exit 1; fi; \
+	  echo "installing Debian test peers: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+test: install deps-debian
+	$(BIN)/ruff check appliance services tests bench
+	$(BIN)/python -m appliance.config --docs | diff -u docs/configuration.md - \
+	  || { echo "docs/configuration.md is stale: make docs" >&2; exit 1; }
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+docs: install
+	$(BIN)/python -m appliance.config --docs > docs/configuration.md
+
+lint: install
+	$(BIN)/ruff check appliance services tests bench
+
+up: install
+	@bash scripts/dev-up.sh $(DEV_DIR)
+
+down: install
+	$(BIN)/appliance -c $(DEV_DIR)/appliance.toml down
+
+consortium: install deps-debian
+	$(BIN)/pytest -m consortium $(PYTEST_ARGS)
+
+clean:
+	rm -rf build .pytest_cache

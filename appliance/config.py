@@ -1,0 +1,444 @@
+"""The box's configuration: one TOML file, validated once into a typed object.
+
+Every key is declared here, with its type, default and description; the
+reference in docs/configuration.md is generated from these models
+(``python -m appliance.config --docs``) so the two cannot drift.
+
+A bad file is refused before anything listens, with one line naming the file,
+the key, the value and the reason (``ConfigError``); the CLI exits 2 on it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
+CONFIG_ENV = "APPLIANCE_CONFIG"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+TlsMode = Literal["starttls", "implicit", "none"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``str()`` is the one-line message."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are refused (a typo must not be silently ignored) and
+    # values are not coerced: "25" is not a port.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_domain(value: str) -> str:
+    v = value.strip().lower().rstrip(".")
+    labels = v.split(".")
+    if len(v) > 253 or len(labels) < 2 and v != "localhost":
+        raise ValueError("not a fully qualified domain name")
+    for label in labels:
+        if not label or len(label) > 63 or label.startswith("-") or label.endswith("-"):
+            raise ValueError("not a valid domain name")
+        if not all(c.isalnum() or c == "-" for c in label):
+            raise ValueError("not a valid domain name")
+    return v
+
+
+class BoxConfig(_Model):
+    """Who this box is."""
+
+    role: Literal["member", "edge"] = Field(
+        "member",
+        description="`member`: a consortium ISP that delivers to members directly; "
+        "`edge`: a small box that sends everything through an upstream member relay.",
+    )
+    hostname: str = Field(description="The box's public name: HELO name, TLS certificate name, Received: by.")
+    domains: list[str] = Field(description="Local mail domains: mail for these is delivered to this box's Maildirs.")
+    member_id: str = Field(
+        "",
+        description="This box's member id in the consortium registry (empty for an edge box that is not a member).",
+    )
+    postmaster: str = Field(
+        "", description="Address that receives operator notifications (abuse brake, alarms). Default postmaster@first domain."
+    )
+
+    service_user: str = Field(
+        "", description="Unix user the services run as under supervisor (empty: the user who starts supervisord)."
+    )
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        return _check_domain(v)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one local domain is required")
+        return [_check_domain(d) for d in v]
+
+    @property
+    def postmaster_address(self) -> str:
+        return self.postmaster or f"postmaster@{self.domains[0]}"
+
+
+class PathsConfig(_Model):
+    """Where the box keeps things (FHS on a box, everything under the dev directory in development)."""
+
+    state_dir: str = Field("/var/lib/appliance", description="Accounts database, limiter state, registry copy.")
+    spool_dir: str = Field("/var/spool/appliance", description="The mail queue.")
+    mail_dir: str = Field("/var/mail/appliance", description="Maildirs, one per account: MAIL_DIR/DOMAIN/LOCALPART/.")
+    run_dir: str = Field("/run/appliance", description="Sockets and pid files (supervisord, internal submission).")
+    log_dir: str = Field("/var/log/appliance", description="Service logs written by supervisor.")
+
+    @property
+    def accounts_db(self) -> Path:
+        return Path(self.state_dir) / "accounts.sqlite3"
+
+    @property
+    def internal_socket(self) -> Path:
+        return Path(self.run_dir) / "submit.sock"
+
+    @property
+    def queue_dir(self) -> Path:
+        return Path(self.spool_dir)
+
+
+class TlsConfig(_Model):
+    """The certificate every TLS listener presents."""
+
+    cert: str = Field(description="PEM certificate chain (certbot's fullchain.pem on a box).")
+    key: str = Field(description="PEM private key.")
+    source: Literal["self-signed", "certbot"] = Field(
+        "self-signed", description="Where the certificate came from; shown in `appliance status`."
+    )
+
+
+class DkimConfig(_Model):
+    """DKIM signing (dkimpy) of mail submitted by customers."""
+
+    selector: str = Field("mail", description="DKIM selector (the DNS record is SELECTOR._domainkey.DOMAIN).")
+    key: str = Field(description="PEM RSA private key.")
+    domains: list[str] = Field(
+        default_factory=list, description="Domains to sign for; empty means all of box.domains."
+    )
+
+
+class Listener(_Model):
+    """One listening endpoint."""
+
+    enabled: bool = Field(True, description="Whether to listen at all.")
+    host: str = Field("0.0.0.0", description="Address to bind.")
+    port: Port = Field(description="TCP port.")
+    tls: TlsMode = Field(description="`starttls`, `implicit` or `none`.")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError as exc:
+            raise ValueError("must be an IP address") from exc
+        return v
+
+
+class ListenersConfig(_Model):
+    """Every endpoint the box serves. The relay owns mx/submission/submissions, the access service the rest."""
+
+    mx: Listener = Field(default_factory=lambda: Listener(port=25, tls="starttls"), description="SMTP from members.")
+    submission: Listener = Field(
+        default_factory=lambda: Listener(port=587, tls="starttls"), description="Customer submission, AUTH after STARTTLS."
+    )
+    submissions: Listener = Field(
+        default_factory=lambda: Listener(port=465, tls="implicit"), description="Customer submission, implicit TLS."
+    )
+    imap: Listener = Field(default_factory=lambda: Listener(port=143, tls="starttls"), description="IMAP with STARTTLS.")
+    imaps: Listener = Field(default_factory=lambda: Listener(port=993, tls="implicit"), description="IMAP, implicit TLS.")
+    pop3: Listener = Field(default_factory=lambda: Listener(port=110, tls="starttls"), description="POP3 with STLS.")
+    pop3s: Listener = Field(default_factory=lambda: Listener(port=995, tls="implicit"), description="POP3, implicit TLS.")
+    metrics: Listener = Field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=9125, tls="none"),
+        description="Prometheus metrics of the relay (plain HTTP; keep it on loopback).",
+    )
+
+
+class UpstreamConfig(_Model):
+    """The member relay an edge box sends everything through."""
+
+    host: str = Field(description="Upstream relay host name or address.")
+    port: Port = Field(587, description="Upstream submission port (STARTTLS).")
+    username: str = Field(description="Account on the upstream relay.")
+    password_file: str = Field(description="File holding the upstream password (mode 0600).")
+    spki_sha256: list[str] = Field(
+        default_factory=list, description="Pinned SPKI SHA-256 (hex) of the upstream's certificate; empty: CA-verified."
+    )
+    ca_file: str = Field("", description="CA bundle to verify the upstream with (empty: system CAs).")
+
+
+class RelayConfig(_Model):
+    """The SMTP relay: sizes, routing, retries."""
+
+    max_message_size: int = Field(26_214_400, gt=0, description="Largest message accepted, in bytes (advertised as SIZE).")
+    max_recipients: int = Field(100, gt=0, description="Recipients in one message before `452 4.5.3`.")
+    outside: Literal["refuse", "mx"] = Field(
+        "refuse",
+        description="Mail for a domain that is neither local nor a member's: `refuse` (bounce 5.7.1) or `mx` (DNS MX).",
+    )
+    relay_domains: list[str] = Field(
+        default_factory=list, description="Domains this box accepts on port 25 and relays onward (e.g. sponsored edge boxes)."
+    )
+    internal_allowed_uids: list[int] = Field(
+        default_factory=list,
+        description="Unix uids allowed to connect to the internal submission socket (SO_PEERCRED); "
+        "empty means the relay's own uid.",
+    )
+    retry_initial: int = Field(300, gt=0, description="First retry delay in seconds; doubles each attempt.")
+    retry_max: int = Field(3600, gt=0, description="Longest retry delay in seconds.")
+    max_lifetime: int = Field(432_000, gt=0, description="Seconds before an undeliverable message is bounced (5 days).")
+    delay_warning: int = Field(0, ge=0, description="Seconds after which a delay DSN is sent once; 0 disables it.")
+    destination_concurrency: int = Field(10, gt=0, description="Parallel deliveries to one destination.")
+    delivery_workers: int = Field(20, gt=0, description="Parallel deliveries in total.")
+    upstream: UpstreamConfig | None = Field(None, description="Required when box.role is `edge`.")
+    ca_file: str = Field(
+        "", description="CA bundle used to verify member relays whose registry entry lists no SPKI pins (empty: system CAs)."
+    )
+
+
+class AccessConfig(_Model):
+    """The IMAP/POP service."""
+
+    outbox: str = Field("Outbox", description="Folder whose APPENDed or COPYed messages are sent.")
+    special_folders: list[str] = Field(
+        default_factory=lambda: ["Sent", "Drafts", "Trash", "Junk"], description="Folders created with every account."
+    )
+
+
+class RegistryConfig(_Model):
+    """The consortium registry this box trusts."""
+
+    url: str = Field("", description="Base URL of the TUF repository (metadata/ and targets/ under it). Empty: local file only.")
+    root: str = Field("", description="The pinned, trusted root.json for the TUF client.")
+    dir: str = Field("", description="Where the verified copy lives; default STATE_DIR/registry.")
+    poll_interval: int = Field(300, gt=0, description="Seconds between polls (jittered by up to 10%).")
+    alarm_after_failures: int = Field(3, gt=0, description="Consecutive failed polls before the alarm is raised.")
+
+
+class LimitClass(_Model):
+    """A customer limit class."""
+
+    messages_per_minute: float = Field(gt=0, description="Sustained messages per minute.")
+    burst: int = Field(ge=1, description="Messages that may be sent at once before the rate applies.")
+    recipients_per_minute: float = Field(600, gt=0, description="Sustained recipients per minute.")
+    per_day: int = Field(0, ge=0, description="Messages per calendar day (UTC); 0 means no daily quota.")
+
+
+class AbuseBrakeConfig(_Model):
+    """Automatic hold of accounts whose sending looks compromised."""
+
+    enabled: bool = Field(True, description="Whether the brake is armed.")
+    window: int = Field(3600, gt=0, description="Seconds of recent sending that are judged.")
+    new_recipients: int = Field(200, gt=0, description="First-time recipients in the window that trigger a hold.")
+    rejected_ratio: float = Field(0.3, gt=0, le=1, description="Share of rejected/bounced recipients that triggers a hold.")
+    min_sample: int = Field(20, gt=0, description="Recipients needed in the window before the ratio is judged.")
+
+
+class LimitsConfig(_Model):
+    """Rate limits (GCRA: a rate plus a burst)."""
+
+    classes: dict[str, LimitClass] = Field(
+        default_factory=lambda: {"default": LimitClass(messages_per_minute=30, burst=20, per_day=1000)},
+        description="Customer limit classes by name; accounts use `default` unless set otherwise.",
+    )
+    connections_per_ip: int = Field(20, gt=0, description="Concurrent connections from one client address (IPv6 /64).")
+    connection_rate_per_ip: float = Field(60, gt=0, description="New connections per minute from one client address.")
+    connection_burst_per_ip: int = Field(30, ge=1, description="Burst of new connections from one client address.")
+    auth_failures_per_ip: int = Field(5, gt=0, description="AUTH/LOGIN failures from one address before `421 4.7.0`.")
+    auth_failure_window: int = Field(300, gt=0, description="Seconds over which AUTH failures are counted.")
+    member_default_per_minute: float = Field(600, gt=0, description="Member message rate when its registry entry has none.")
+    member_default_burst: int = Field(200, ge=1, description="Member burst when its registry entry has none.")
+    abuse_brake: AbuseBrakeConfig = Field(default_factory=AbuseBrakeConfig, description="The abuse brake.")
+
+    @field_validator("classes")
+    @classmethod
+    def _default_class(cls, v: dict[str, LimitClass]) -> dict[str, LimitClass]:
+        if "default" not in v:
+            raise ValueError("a `default` class is required")
+        return v
+
+
+class Config(_Model):
+    """The whole box."""
+
+    box: BoxConfig
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    tls: TlsConfig
+    dkim: DkimConfig
+    listeners: ListenersConfig = Field(default_factory=ListenersConfig)
+    relay: RelayConfig = Field(default_factory=RelayConfig)
+    access: AccessConfig = Field(default_factory=AccessConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    # Set by load(); not a key in the file.
+    source: str = Field("", exclude=True, description="(internal) the file this was loaded from")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        if self.box.role == "edge" and self.relay.upstream is None:
+            raise ValueError("relay.upstream: required when box.role is 'edge'")
+        if self.box.role == "member" and not self.box.member_id:
+            raise ValueError("box.member_id: required when box.role is 'member'")
+        return self
+
+    @property
+    def registry_dir(self) -> Path:
+        return Path(self.registry.dir or Path(self.paths.state_dir) / "registry")
+
+    def dkim_domains(self) -> list[str]:
+        return self.dkim.domains or list(self.box.domains)
+
+
+def _format_error(path: str, err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    msg = err.get("msg", "invalid")
+    # Cross-field checks report their key inside the message.
+    if not loc and ": " in msg:
+        prefix = "Value error, "
+        msg = msg.removeprefix(prefix)
+        key, _, reason = msg.partition(": ")
+        return f"{path}: key {key}: {reason}"
+    key = ".".join(loc)
+    if err.get("type") == "extra_forbidden":
+        return f"{path}: key {key}: unknown key"
+    if err.get("type") == "missing":
+        return f"{path}: key {key}: required key is missing"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "(table)"
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"{path}: key {key}: value {shown}: {msg.removeprefix('Value error, ')}"
+
+
+def parse(data: dict[str, Any], path: str = "<config>") -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise ConfigError(_format_error(path, dict(first), data)) from None
+    return cfg.model_copy(update={"source": path})
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the config; raises ConfigError with a one-line reason."""
+    p = str(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file (run `appliance init --dev DIR` for a development box)") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: permission denied") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse(data, p)
+
+
+# --- reference documentation, generated from the models -----------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    generic = getattr(annotation, "__origin__", None) is not None or "|" in str(annotation)
+    text = str(annotation) if generic else (getattr(annotation, "__name__", None) or str(annotation))
+    return (
+        text.replace("typing.", "")
+        .replace("appliance.config.", "")
+        .replace("__main__.", "")
+        .replace("<class '", "")
+        .replace("'>", "")
+    )
+
+
+def _doc_model(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    rows: list[str] = []
+    nested: list[tuple[str, type[BaseModel]]] = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        ann = field.annotation
+        sub = _submodel(ann)
+        if sub is not None and not str(ann).startswith("dict"):
+            nested.append((f"{prefix}{name}", sub))
+            continue
+        if field.is_required():
+            default = "required"
+        else:
+            d = field.get_default(call_default_factory=True)
+            if isinstance(d, BaseModel):
+                d = d.model_dump()
+            default = f"`{d!r}`" if d not in (None, "") else ("`\"\"`" if d == "" else "none")
+        desc = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{prefix}{name}` | `{_type_name(ann)}` | {default} | {desc} |")
+    title = prefix.rstrip(".") or "(top level)"
+    out.append(f"## `[{title}]`\n")
+    if model.__doc__:
+        out.append(model.__doc__.strip() + "\n")
+    if rows:
+        out.append("| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        out.extend(rows)
+        out.append("")
+    for sub_prefix, sub in nested:
+        _doc_model(sub, sub_prefix + ".", out)
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def reference_markdown() -> str:
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m appliance.config --docs`; edit appliance/config.py, not this file. -->",
+        "",
+        f"One TOML file, default `{DEFAULT_CONFIG}` (override with `-c FILE` or `${CONFIG_ENV}`).",
+        "Unknown keys and values of the wrong type are refused before anything listens, with one line",
+        "naming the file, the key, the value and the reason (`appliance` exits with status 2).",
+        "Salt renders this file from pillar (`states/appliance/files/appliance.toml.jinja`);",
+        "`appliance init --dev DIR` writes one for a loopback box.",
+        "",
+        "`limits.classes.NAME` tables all have the keys of `LimitClass` below.",
+        "",
+    ]
+    for name, field in Config.model_fields.items():
+        if field.exclude:
+            continue
+        sub = _submodel(field.annotation)
+        if sub is not None:
+            _doc_model(sub, f"{name}.", out)
+    _doc_model(LimitClass, "limits.classes.NAME.", out)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--docs"]:
+        sys.stdout.write(reference_markdown())
+    elif len(sys.argv) == 3 and sys.argv[1] == "--check":
+        try:
+            load(sys.argv[2])
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            sys.exit(2)
+    else:
+        print("usage: python -m appliance.config --docs | --check FILE", file=sys.stderr)
+        sys.exit(64)

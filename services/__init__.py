@@ -1,0 +1,1 @@
+"""What the box runs: thin processes around the `appliance` core."""

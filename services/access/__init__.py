@@ -1,0 +1,1 @@
+"""The access service (not built yet: see appliance/catalog.py)."""

@@ -1,0 +1,1 @@
+"""The registry_sync service (not built yet: see appliance/catalog.py)."""

@@ -1,0 +1,1 @@
+"""The relay service (not built yet: see appliance/catalog.py)."""

@@ -1,0 +1,1 @@
+"""Test helpers: dev boxes as real processes, real peers, network namespaces."""
