@@ -1,0 +1,1 @@
+"""The consortium registry: the member model (model.py), the operator's TUF repository, and the client."""
