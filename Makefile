@@ -51,6 +51,10 @@ up: install
 down: install
 	$(BIN)/appliance -c $(DEV_DIR)/appliance.toml down
 
+# build/appliance.qcow2 and build/appliance.box: the states applied to a fresh tree (docs/image.md). Root.
+image: install deps-debian
+	bash image-build/build.sh
+
 consortium: install deps-debian
 	$(BIN)/pytest -m consortium $(PYTEST_ARGS)
 

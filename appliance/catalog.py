@@ -34,14 +34,14 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "access",
         "services.access",
         ("imap", "imaps", "pop3", "pop3s"),
-        built=False,
+        built=True,
         description="IMAP/POP that can also send (Twisted)",
     ),
     ServiceSpec(
         "registry_sync",
         "services.registry_sync",
         (),
-        built=False,
+        built=True,
         description="Consortium registry sync agent (python-tuf)",
     ),
 )

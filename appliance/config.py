@@ -227,6 +227,11 @@ class RegistryConfig(_Model):
     dir: str = Field("", description="Where the verified copy lives; default STATE_DIR/registry.")
     poll_interval: int = Field(300, gt=0, description="Seconds between polls (jittered by up to 10%).")
     alarm_after_failures: int = Field(3, gt=0, description="Consecutive failed polls before the alarm is raised.")
+    firewall: Literal["auto", "off"] = Field(
+        "auto",
+        description="`auto`: load the member address set into nftables table `inet appliance` when nft and the "
+        "table exist; `off` (development boxes): only write REGISTRY_DIR/members.nft.",
+    )
 
 
 class LimitClass(_Model):

@@ -7,7 +7,7 @@ at HOST/32.
 
 from __future__ import annotations
 
-import json
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +114,14 @@ def init_dev(
             for name, port in ports.items()
         },
         "relay": {"ca_file": str(cert)},
-        "registry": {"poll_interval": 30},
+        # A real TUF repository under DIR, synced through a file:// URL (no web server needed);
+        # `appliance registry serve DIR/registry-repo` serves the same tree over HTTP.
+        "registry": {
+            "url": (d / "registry-repo" / "public").as_uri(),
+            "root": str(d / "etc" / "registry-root.json"),
+            "poll_interval": 30,
+            "firewall": "off",
+        },
     }
     # Validate what we are about to write with the same schema every box uses.
     config_mod.parse(data, str(cfg_file))
@@ -147,7 +154,26 @@ def init_dev(
             }
         ],
     }
-    reg_dir = d / "lib" / "registry"
-    reg_dir.mkdir(parents=True, exist_ok=True)
-    (reg_dir / "registry.json").write_text(json.dumps(registry, indent=2) + "\n")
+    make_dev_registry(d, registry, config_mod.load(cfg_file))
     return DevBox(d, cfg_file, ports)
+
+
+def make_dev_registry(d: Path, registry: dict[str, object], cfg: config_mod.Config) -> None:
+    """The one-member registry as a signed TUF repository, pinned and synced once.
+
+    Keys go to DIR/registry-keys (0600), the operator directory to DIR/registry-repo
+    (published tree in its public/), the pinned root to DIR/etc/registry-root.json.
+    """
+    from appliance.registry.agent import run_round
+    from appliance.registry.repo import init_repo
+
+    repo_dir, keys_dir = d / "registry-repo", d / "registry-keys"
+    # --force: a new repository with new keys; the box forgets the old one's metadata.
+    for old in (repo_dir, keys_dir, cfg.registry_dir):
+        shutil.rmtree(old, ignore_errors=True)
+    repo = init_repo(repo_dir, keys_dir, registry=registry, consortium=str(registry["consortium"]),
+                     code_of_practice=str(registry["code_of_practice"]))
+    shutil.copyfile(repo.metadata_dir / "1.root.json", cfg.registry.root)
+    res = run_round(cfg)
+    if not res.ok:
+        raise DevBoxError(f"the development registry does not sync: {res.message}")

@@ -202,7 +202,21 @@ def cmd_limits(args: argparse.Namespace) -> int:
     a = store.get(args.address)
     assert a is not None
     print(f"{a.address}: class {a.limit_class}, override {vars(a.override) if a.override else 'none'}")
+    print(f"today (UTC): {_sent_today(cfg, a.address)} message(s) accepted")
     return 0
+
+
+def _sent_today(cfg: object, address: str) -> int:
+    import time
+
+    from appliance.ratelimit.keys import account_key
+    from appliance.ratelimit.store import LimitStore, limits_db
+
+    limits = LimitStore(limits_db(cfg))  # type: ignore[arg-type]
+    try:
+        return limits.daily_count(account_key(address), time.time())
+    finally:
+        limits.close()
 
 
 @_guard
@@ -223,7 +237,11 @@ def cmd_enable(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_release(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
-    store.release(args.address)
+    from appliance.ratelimit.brake import release
+
+    store, cfg = _store(args)
+    # Lifts the hold and resets the abuse brake's window, so the events that
+    # tripped it cannot trip it again at the account's next message.
+    release(cfg, store, args.address)  # type: ignore[arg-type]
     print(f"released {args.address}")
     return 0

@@ -1,1 +1,1 @@
-"""The registry_sync service (not built yet: see appliance/catalog.py)."""
+"""The registry_sync service: keeps REGISTRY_DIR/registry.json current through TUF (see appliance/registry/agent.py)."""

@@ -1,0 +1,402 @@
+"""The delivery workers: pick due messages from the spool, route each recipient, deliver, log, retry or bounce.
+
+Runs inside the relay's asyncio loop. Blocking work (file I/O, smtplib) runs in
+threads. Every recipient's final outcome is appended (fsynced) to the message's
+log as soon as it is known, so after a crash only unfinished recipients are
+retried. A permanent failure's DSN is stored in the spool *before* the failure
+is logged: a crash in between sends the DSN twice rather than never.
+
+Operator requests (`appliance queue flush | retry ID | delete ID`) arrive as
+files in SPOOL/control/, polled every CONTROL_POLL seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.asyncresolver
+
+from appliance.accounts import AccountStore
+from appliance.config import Config
+from appliance.delivery import dsn, maildir, smtpclient
+from appliance.delivery.mx import MxError, mx_hops
+from appliance.delivery.outcome import Outcome, deferred, failed
+from appliance.delivery.routing import Destination, Route, route
+from appliance.registry.model import Registry
+from appliance.spool import faults
+from appliance.spool.format import SpooledMessage, SpoolFormatError
+from appliance.spool.spool import Spool, SpoolError
+
+log = logging.getLogger("appliance.delivery")
+
+CONTROL_POLL = 0.5
+STOP_GRACE = 20.0
+PacingHook = Callable[[Destination], Awaitable[None]]
+
+
+def retry_delay(cfg: Config, attempts: int) -> float:
+    """Backoff after the ATTEMPTS-th failed attempt: retry_initial doubling, capped at retry_max."""
+    return float(min(cfg.relay.retry_initial * 2 ** max(0, attempts - 1), cfg.relay.retry_max))
+
+
+@dataclass
+class Entry:
+    id: str
+    sender: str
+    recipients: tuple[str, ...]
+    arrival: float
+    meta: dict[str, Any]
+    done: set[str] = field(default_factory=set)
+    attempts: int = 0
+    next: float = 0.0
+    delay_sent: bool = False
+    busy: bool = False
+    deleted: bool = False
+    why: dict[str, str] = field(default_factory=dict)  # last temporary error per recipient
+
+    @property
+    def pending(self) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for r in self.recipients:
+            if r not in self.done and r not in seen:
+                seen.add(r)
+                out.append(r)
+        return out
+
+
+def entry_from(msg: SpooledMessage, records: list[dict[str, Any]]) -> Entry:
+    e = Entry(msg.id, msg.sender, msg.recipients, msg.arrival, msg.meta, next=0.0)
+    for rec in records:
+        if rec.get("s") in ("delivered", "failed") and "r" in rec:
+            e.done.add(str(rec["r"]))
+        elif rec.get("e") == "deferred":
+            e.attempts = int(rec.get("attempts", e.attempts))
+            e.next = float(rec.get("next", 0.0))
+            e.why.update(rec.get("why") or {})
+        elif rec.get("e") == "delay_dsn":
+            e.delay_sent = True
+    return e
+
+
+class DeliveryManager:
+    def __init__(
+        self,
+        cfg: Config,
+        spool: Spool,
+        registry_getter: Callable[[], Registry | None],
+        *,
+        resolver: dns.asyncresolver.Resolver | None = None,
+        mx_port: int = 25,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.registry_getter = registry_getter
+        self.resolver = resolver
+        self.mx_port = mx_port
+        # Outbound pacing hook (rate limiter): awaited before each connection to a destination.
+        self.before_connect: PacingHook | None = None
+        self.stats = {"delivered": 0, "failed": 0, "deferred": 0, "dsn": 0}
+        self._entries: dict[str, Entry] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dest_sems: dict[str, asyncio.Semaphore] = {}
+        self._accounts: AccountStore | None = None
+        self._last_control = 0.0
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if not self.spool.acquire_lock():
+            raise SpoolError(f"{self.spool.dir}: another relay process is already delivering from this spool")
+        try:
+            if not getattr(self.spool, "recovered", False):
+                rep = await asyncio.to_thread(self.spool.recover)
+                if rep.corrupt:
+                    log.error("quarantined %d corrupt queue file(s) in %s", len(rep.corrupt), self.spool.corrupt_dir)
+            # Listen first, then scan: a message stored meanwhile is seen by one or both, never by neither.
+            self.spool.add_listener(self._on_stored)
+            for e in await asyncio.to_thread(self._load_all):
+                if e.id not in self._entries:
+                    self._entries[e.id] = e
+                    heapq.heappush(self._heap, (e.next, e.id))
+            await self._loop()
+        finally:
+            await self._drain()
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), STOP_GRACE + 5)
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=STOP_GRACE)
+            for t in pending:
+                t.cancel()  # its recipients stay unfinished and are retried at the next start
+        await asyncio.to_thread(smtpclient.POOL.close_all)
+        if self._accounts is not None:
+            self._accounts.close()
+            self._accounts = None
+        self.spool.release_lock()
+
+    def _load_all(self) -> list[Entry]:
+        """Entries for every queued message with unfinished recipients (blocking; runs in a thread)."""
+        out: list[Entry] = []
+        for qid in self.spool.ids():
+            try:
+                msg = self.spool.load(qid, with_data=False)
+            except FileNotFoundError:
+                continue
+            except SpoolFormatError as exc:
+                log.error("quarantining %s: %s", qid, exc)
+                self.spool.quarantine(qid)
+                continue
+            e = entry_from(msg, self.spool.read_log(qid))
+            if not e.pending:
+                self.spool.finish(qid)
+                continue
+            out.append(e)
+        return out
+
+    def _on_stored(self, msg: SpooledMessage) -> None:
+        e = Entry(msg.id, msg.sender, msg.recipients, msg.arrival, msg.meta, next=time.time())
+        self._entries[msg.id] = e
+        heapq.heappush(self._heap, (e.next, msg.id))
+        self._wake.set()
+
+    def queued(self) -> int:
+        return len(self._entries)
+
+    # --- scheduling -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        workers = self.cfg.relay.delivery_workers
+        while not self._stopping:
+            now = time.time()
+            if now - self._last_control >= CONTROL_POLL:
+                self._last_control = now
+                self._control(await asyncio.to_thread(lambda: list(self.spool.take_requests())))
+                smtpclient.POOL.reap()
+            while self._heap and len(self._tasks) < workers:
+                when, qid = self._heap[0]
+                if when > now:
+                    break
+                heapq.heappop(self._heap)
+                e = self._entries.get(qid)
+                if e is None or e.busy or e.next != when:
+                    continue  # stale heap item
+                e.busy = True
+                t = asyncio.create_task(self._attempt(e))
+                self._tasks.add(t)
+                t.add_done_callback(self._task_done)
+            timeout = CONTROL_POLL
+            if self._heap and len(self._tasks) < workers:
+                timeout = max(0.0, min(timeout, self._heap[0][0] - time.time()))
+            if timeout > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    def _task_done(self, t: asyncio.Task[None]) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("delivery attempt crashed", exc_info=t.exception())
+        self._wake.set()
+
+    def _schedule(self, e: Entry, when: float) -> None:
+        e.next = when
+        heapq.heappush(self._heap, (when, e.id))
+
+    def _control(self, requests: list[tuple[str, str]]) -> None:
+        """Act on `appliance queue` requests (read from SPOOL/control/ in a thread, applied here in the loop)."""
+        for action, qid in requests:
+            now = time.time()
+            if action == "flush":
+                for e in list(self._entries.values()):
+                    if not e.busy:
+                        self._schedule(e, now)
+            elif action == "retry" and (e := self._entries.get(qid)) is not None and not e.busy:
+                self._schedule(e, now)
+            elif action == "delete":
+                e = self._entries.get(qid)
+                if e is not None and e.busy:
+                    e.deleted = True
+                else:
+                    self._entries.pop(qid, None)
+                    self.spool.delete(qid)
+            log.info("queue request %s %s done", action, qid)
+
+    # --- one attempt on one message ----------------------------------------------------------
+
+    async def _attempt(self, e: Entry) -> None:
+        try:
+            await self._attempt_inner(e)
+        except Exception:
+            log.exception("delivery attempt for %s failed; retrying later", e.id)
+            e.attempts += 1
+            self._schedule(e, time.time() + retry_delay(self.cfg, e.attempts))
+        finally:
+            e.busy = False
+            if e.deleted:
+                self._entries.pop(e.id, None)
+                await asyncio.to_thread(self.spool.delete, e.id)
+
+    async def _attempt_inner(self, e: Entry) -> None:
+        try:
+            msg = await asyncio.to_thread(self.spool.load, e.id)
+        except FileNotFoundError:  # deleted by the operator
+            self._entries.pop(e.id, None)
+            return
+        except SpoolFormatError as exc:
+            log.error("quarantining %s: %s", e.id, exc)
+            await asyncio.to_thread(self.spool.quarantine, e.id)
+            self._entries.pop(e.id, None)
+            return
+        registry = self._registry()
+        groups: dict[str, tuple[Route, list[str]]] = {}
+        for r in e.pending:
+            rt = route(self.cfg, registry, r)
+            groups.setdefault(rt.destination.key, (rt, []))[1].append(r)
+
+        results: list[Outcome] = []
+
+        async def one(rt: Route, rcpts: list[str]) -> None:
+            outs = await self._deliver_group(rt, rcpts, msg)
+            faults.point("after_deliver")
+            ok = [o for o in outs if o.status == "delivered"]
+            if ok:
+                await asyncio.to_thread(self.spool.append_log, e.id, [o.record() for o in ok])
+                e.done.update(o.recipient for o in ok)
+            results.extend(outs)
+
+        await asyncio.gather(*(one(rt, rcpts) for rt, rcpts in groups.values()))
+        now = time.time()
+        bad = [o for o in results if o.status == "failed"]
+        later = [o for o in results if o.status == "deferred"]
+        if later and now - e.arrival >= self.cfg.relay.max_lifetime:
+            days = self.cfg.relay.max_lifetime / 86400
+            bad += [Outcome(o.recipient, "failed", o.code, o.enhanced,
+                            f"gave up after {days:g} days; last error: {o.text}", o.remote) for o in later]
+            later = []
+        self.stats["delivered"] += len(results) - len(bad) - len(later)
+        self.stats["deferred"] += len(later)
+        if bad:
+            self.stats["failed"] += len(bad)
+            await self._send_dsn("failure", msg, bad)  # stored before the failures are logged
+            await asyncio.to_thread(self.spool.append_log, e.id, [o.record() for o in bad])
+            e.done.update(o.recipient for o in bad)
+        if not e.pending:
+            await asyncio.to_thread(self.spool.finish, e.id)
+            self._entries.pop(e.id, None)
+            return
+        e.attempts += 1
+        when = now + retry_delay(self.cfg, e.attempts)
+        why = {o.recipient: f"{o.enhanced} {o.text}"[:300] for o in later}
+        records: list[dict[str, Any]] = [{"e": "deferred", "attempts": e.attempts, "next": when, "why": why}]
+        warn = self.cfg.relay.delay_warning
+        if warn and not e.delay_sent and now - e.arrival >= warn and later:
+            await self._send_dsn("delay", msg, later)
+            e.delay_sent = True
+            records.append({"e": "delay_dsn"})
+        await asyncio.to_thread(self.spool.append_log, e.id, records)
+        self._schedule(e, when)
+
+    def _registry(self) -> Registry | None:
+        try:
+            return self.registry_getter()
+        except Exception:
+            log.exception("registry unavailable; member and outside deliveries wait")
+            return None
+
+    def _dest_sem(self, key: str) -> asyncio.Semaphore:
+        sem = self._dest_sems.get(key)
+        if sem is None:
+            sem = self._dest_sems[key] = asyncio.Semaphore(self.cfg.relay.destination_concurrency)
+        return sem
+
+    async def _deliver_group(self, rt: Route, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
+        dest = rt.destination
+        if dest.kind == "refuse":
+            return failed(rcpts, 550, "5.7.1", f"relaying to {dest.domain} refused: {rt.reason}")
+        if dest.kind == "hold":
+            return deferred(rcpts, 450, "4.4.4", f"held: {rt.reason}")
+        async with self._dest_sem(dest.key):
+            if dest.kind == "local":
+                return await self._deliver_local(rcpts, msg)
+            if self.before_connect is not None:
+                await self.before_connect(dest)
+            helo = self.cfg.box.hostname
+            if dest.kind == "member":
+                policy = smtpclient.TlsPolicy("required", self.cfg.relay.ca_file)
+                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
+                                               policy=policy, helo=helo)
+            if dest.kind == "upstream":
+                up = self.cfg.relay.upstream
+                assert up is not None
+                try:
+                    password = Path(up.password_file).read_text().strip()
+                except OSError as exc:
+                    return deferred(rcpts, 451, "4.3.5", f"upstream password file {up.password_file}: {exc.strerror}")
+                policy = smtpclient.TlsPolicy("required", up.ca_file)
+                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data, policy=policy,
+                                               helo=helo, auth=smtpclient.Auth(up.username, password))
+            try:
+                hops = await mx_hops(dest.domain, self.resolver, self.mx_port)
+            except MxError as exc:
+                return (failed if exc.permanent else deferred)(rcpts, 550 if exc.permanent else 451, exc.enhanced,
+                                                               exc.text)
+            return await asyncio.to_thread(smtpclient.send, hops, msg.sender, rcpts, msg.data,
+                                           policy=smtpclient.TlsPolicy("opportunistic"), helo=helo)
+
+    async def _deliver_local(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
+        if self._accounts is None:
+            self._accounts = AccountStore(self.cfg.paths.accounts_db)
+        targets: list[tuple[str, str]] = []
+        out: list[Outcome] = []
+        for r in rcpts:
+            owner = self._accounts.owner_of(r)
+            if owner is None:
+                out += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
+            else:
+                targets.append((r, owner))
+
+        def write_all() -> list[Outcome]:
+            res = []
+            for r, owner in targets:
+                try:
+                    maildir.deliver(maildir.maildir_path(self.cfg.paths.mail_dir, owner), msg.sender, r, msg.data)
+                    res.append(Outcome(r, "delivered", 250, "2.0.0", f"delivered to maildir of {owner}"))
+                except OSError as exc:
+                    res += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
+            return res
+
+        if targets:
+            out += await asyncio.to_thread(write_all)
+        return out
+
+    async def _send_dsn(self, kind: dsn.Kind, msg: SpooledMessage, outcomes: list[Outcome]) -> None:
+        # RFC 5321 4.5.5 / RFC 3464: never to the null sender, never about a DSN.
+        if not msg.sender or msg.meta.get("dsn"):
+            log.info("%s: no DSN (%s) for null sender; %d recipient(s) %s", msg.id, kind, len(outcomes), kind)
+            return
+        retry_until = msg.arrival + self.cfg.relay.max_lifetime if kind == "delay" else None
+        data = dsn.build(kind, reporting_mta=self.cfg.box.hostname, postmaster=self.cfg.box.postmaster_address,
+                         sender=msg.sender, queue_id=msg.id, arrival=msg.arrival, outcomes=outcomes,
+                         original=msg.data, retry_until=retry_until)
+        qid = await self.spool.store("", [msg.sender], data, {"dsn": kind, "about": msg.id})
+        self.stats["dsn"] += 1
+        log.info("%s: %s DSN queued as %s for <%s>", msg.id, kind, qid, msg.sender)

@@ -1,0 +1,48 @@
+"""The shape of a policy check. Subclass ``Check`` and override only the hooks you need."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.message import Message
+    from appliance.policy.session import Envelope, Session
+    from appliance.policy.verdicts import Verdict
+
+
+class Check:
+    """A check with every hook answering "no objection" (None).
+
+    Hooks run in the event loop: keep them quick (no network, no long disk I/O).
+    ``on_accepted`` runs after the spool confirmed the write; it counts successes
+    and cannot refuse anything.
+    """
+
+    name = "check"
+
+    def on_connect(self, session: Session) -> Verdict | None:
+        return None
+
+    def on_auth_check(self, session: Session) -> Verdict | None:
+        """Before a password is checked (SMTP AUTH, or XAUTHCHECK from the access service)."""
+        return None
+
+    def on_auth(self, session: Session, login: str, ok: bool) -> Verdict | None:
+        """After a password was checked (SMTP AUTH, or XAUTHFAIL with ok=False)."""
+        return None
+
+    def on_mail(self, session: Session, sender: str) -> Verdict | None:
+        return None
+
+    def on_rcpt(self, session: Session, recipient: str) -> Verdict | None:
+        return None
+
+    def on_data(self, session: Session, message: Message) -> Verdict | None:
+        return None
+
+    def on_accepted(self, session: Session, envelope: Envelope) -> None:
+        return None
+
+    def on_disconnect(self, session: Session) -> None:
+        """The connection ended (release per-connection counters)."""
+        return None

@@ -1,0 +1,63 @@
+"""What a check may look at: the session (who is talking) and the envelope (what they send)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from appliance.accounts import Account
+    from appliance.registry.model import Member, Registry
+
+Listener = Literal["mx", "submission", "submissions", "internal"]
+Protocol = Literal["smtp", "imap", "pop"]
+
+
+@dataclass
+class Session:
+    """One client connection, as the policy sees it.
+
+    ``registry`` is the snapshot taken when the connection started: a reload
+    never changes the rules in the middle of a session.
+    """
+
+    listener: Listener
+    client_ip: str
+    registry: Registry | None = None
+    registry_expired: bool = False
+    protocol: Protocol = "smtp"
+    helo: str = ""
+    tls: bool = False
+    # SHA-256 of the client certificate's SubjectPublicKeyInfo, when one was presented.
+    client_spki: str | None = None
+    peer_uid: int | None = None  # internal socket only (SO_PEERCRED)
+    member: Member | None = None  # MX: the member owning client_ip
+    login: str | None = None  # authenticated account (SMTP AUTH or XUSER)
+    account: Account | None = None
+    sender: str | None = None  # current transaction's MAIL FROM ("" for the null sender)
+    recipients: list[str] = field(default_factory=list)  # accepted RCPTs of the current transaction
+    messages: int = 0  # messages accepted in this session
+    # Free-form per-session state for checks (e.g. the limiter's keys); keyed by check name.
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def member_id(self) -> str | None:
+        return self.member.id if self.member else None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.login is not None
+
+    def reset_transaction(self) -> None:
+        self.sender = None
+        self.recipients = []
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message the spool has accepted (passed to ``on_accepted``)."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    size: int

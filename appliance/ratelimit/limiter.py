@@ -1,0 +1,221 @@
+"""The one limiter of the box: every entry point asks it, so quotas cannot be doubled.
+
+The relay process owns a single ``Limiter``: port 25 (per member), 587/465 (per
+account) and the internal socket used by IMAP/POP sends (per account, the same
+keys as SMTP submission) all call the same methods, and IMAP/POP login failures
+reach ``auth_failure`` through the socket's XAUTHFAIL verb.
+
+Counting rules (DESIGN.md "Rate limits"): connections and AUTH failures count
+every attempt; messages and recipients count when accepted. To stay exact under
+concurrent sessions a message's units are *reserved* atomically just before the
+spool write (``reserve``) and either committed (``commit``: daily quota) or given
+back (``cancel``) when the spool did not take it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from appliance.accounts import Account
+from appliance.config import Config
+from appliance.ratelimit import metrics
+from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
+from appliance.ratelimit.decisions import Kind, Limited
+from appliance.ratelimit.gcra import Gcra, Rate
+from appliance.ratelimit.keys import account_key, ip_key, member_key
+from appliance.ratelimit.store import LimitStore, limits_db, seconds_to_utc_midnight
+from appliance.registry.model import Member
+
+log = logging.getLogger("appliance.ratelimit")
+
+DEFAULT_MEMBER_CONNECTIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SenderLimits:
+    """Whose sending is counted and how much it may send."""
+
+    key: str  # acct:LOGIN or member:ID
+    messages: Rate
+    recipients: Rate | None  # None: recipients are not rate-limited (members)
+    per_day: int  # 0: no daily quota
+
+
+class Limiter:
+    def __init__(self, cfg: Config, store: LimitStore, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.cfg = cfg
+        self.limits = cfg.limits
+        self.max_recipients = cfg.relay.max_recipients
+        self.store = store
+        self.clock = clock
+        now = clock.monotonic
+        self._messages = Gcra(now)
+        self._recipients = Gcra(now)
+        self._conn_rate = Gcra(now)
+        self._auth = Gcra(now)
+        self._open: dict[str, int] = {}
+        lim = cfg.limits
+        self._conn_rate_limit = Rate(lim.connection_rate_per_ip, lim.connection_burst_per_ip)
+        # N failures per window: the window refills at N per window, N at once.
+        self._auth_limit = Rate(lim.auth_failures_per_ip * 60.0 / lim.auth_failure_window, lim.auth_failures_per_ip)
+        self._member_default = Rate(lim.member_default_per_minute, lim.member_default_burst)
+        self._class_limits: dict[tuple[object, ...], SenderLimits] = {}
+
+    @classmethod
+    def open(cls, cfg: Config, clock: Clock = SYSTEM_CLOCK) -> Limiter:
+        return cls(cfg, LimitStore(limits_db(cfg), clock.time), clock)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _limited(self, kind: Kind, key: str, limit: str, retry: float, entry: str) -> Limited:
+        verdict = Limited(kind, key, limit, retry)
+        log.info("limited entry=%s %s", entry, verdict.log_fields())
+        metrics.LIMITED.labels(kind.value, entry).inc()
+        return verdict
+
+    # --- connections (before the banner) ----------------------------------------------------
+
+    def _conn_key(self, ip: str, member: Member | None) -> tuple[str, int]:
+        if member is not None:
+            cap = member.limits.connections if member.limits else DEFAULT_MEMBER_CONNECTIONS
+            return member_key(member.id), cap
+        return ip_key(ip), self.limits.connections_per_ip
+
+    def connection_opened(self, ip: str, member: Member | None = None, entry: str = "smtp") -> Limited | None:
+        """Count a new connection. None: go ahead (call ``connection_closed`` at the end); else 421 and close.
+
+        A member's hosts share the member's concurrency cap from the registry and are
+        not rate-limited per address (a member has many hosts and relays for many).
+        """
+        key, cap = self._conn_key(ip, member)
+        if member is None:
+            wait = self._conn_rate.hit(key, self._conn_rate_limit)
+            if wait:
+                return self._limited(Kind.CONNECTION_RATE, key, self._conn_rate_limit.describe(), wait, entry)
+        n = self._open.get(key, 0)
+        if n >= cap:
+            # No time can be promised for a concurrency cap; a short retry is honest.
+            return self._limited(Kind.CONNECTIONS, key, f"{cap} concurrent", 1.0, entry)
+        self._open[key] = n + 1
+        return None
+
+    def connection_closed(self, ip: str, member: Member | None = None) -> None:
+        key, _ = self._conn_key(ip, member)
+        n = self._open.get(key, 0) - 1
+        if n > 0:
+            self._open[key] = n
+        else:
+            self._open.pop(key, None)
+
+    def open_connections(self, ip: str, member: Member | None = None) -> int:
+        return self._open.get(self._conn_key(ip, member)[0], 0)
+
+    # --- AUTH failures per client address (SMTP AUTH, IMAP LOGIN, POP USER/PASS) ---------------
+
+    def auth_check(self, ip: str, entry: str = "smtp") -> Limited | None:
+        """Before verifying a password: may this address try (again)?"""
+        key = ip_key(ip)
+        wait = self._auth.peek(key, self._auth_limit)
+        if wait:
+            return self._limited(Kind.AUTH_FAILURES, key, self._auth_desc(), wait, entry)
+        return None
+
+    def auth_failure(self, ip: str, entry: str = "smtp") -> Limited | None:
+        """Count a failed login; once the address has used up its allowance, 421 and close."""
+        key = ip_key(ip)
+        self._auth.hit(key, self._auth_limit)
+        wait = self._auth.peek(key, self._auth_limit)
+        if wait:
+            return self._limited(Kind.AUTH_FAILURES, key, self._auth_desc(), wait, entry)
+        return None
+
+    def _auth_desc(self) -> str:
+        return f"{self.limits.auth_failures_per_ip} per {self.limits.auth_failure_window}s"
+
+    # --- who is sending ---------------------------------------------------------------------
+
+    def customer(self, account: Account) -> SenderLimits:
+        """An account's limits: its override if set, else its class (unknown class: `default`)."""
+        cache_key = (account.address, account.limit_class, account.override)
+        hit = self._class_limits.get(cache_key)
+        if hit is not None:
+            return hit
+        cls = self.limits.classes.get(account.limit_class) or self.limits.classes["default"]
+        if account.override is not None:
+            o = account.override
+            per_day = cls.per_day if o.per_day is None else o.per_day
+            messages = Rate(o.per_minute, o.burst)
+        else:
+            per_day = cls.per_day
+            messages = Rate(cls.messages_per_minute, cls.burst)
+        # One message may carry up to relay.max_recipients, so that is the recipient burst.
+        recipients = Rate(cls.recipients_per_minute, max(self.max_recipients, 1))
+        limits = SenderLimits(account_key(account.address), messages, recipients, per_day)
+        if len(self._class_limits) > 10_000:
+            self._class_limits.clear()
+        self._class_limits[cache_key] = limits
+        return limits
+
+    def member(self, member: Member) -> SenderLimits:
+        rate = Rate(member.limits.messages_per_minute, member.limits.burst) if member.limits else self._member_default
+        return SenderLimits(member_key(member.id), rate, None, 0)
+
+    # --- decisions per transaction ----------------------------------------------------------
+
+    def check_message(self, s: SenderLimits, entry: str = "smtp") -> Limited | None:
+        """At MAIL FROM: would one more message pass? Counts nothing."""
+        wait = self._messages.peek(s.key, s.messages)
+        if wait:
+            return self._limited(Kind.MESSAGES, s.key, s.messages.describe(), wait, entry)
+        if s.per_day:
+            wall = self.clock.time()
+            if self.store.daily_count(s.key, wall) >= s.per_day:
+                return self._limited(Kind.DAILY, s.key, f"{s.per_day}/day", seconds_to_utc_midnight(wall), entry)
+        return None
+
+    def check_recipient(self, s: SenderLimits, count: int, entry: str = "smtp") -> Limited | None:
+        """At RCPT TO: COUNT is the transaction's recipients including this one. Counts nothing."""
+        if count > self.max_recipients:
+            return self._limited(Kind.RECIPIENTS_PER_MESSAGE, s.key, f"{self.max_recipients} per message", 0.0, entry)
+        if s.recipients is not None:
+            wait = self._recipients.peek(s.key, s.recipients, count)
+            if wait:
+                return self._limited(Kind.RECIPIENTS, s.key, s.recipients.describe(), wait, entry)
+        return None
+
+    def reserve(self, s: SenderLimits, recipients: int, entry: str = "smtp") -> Limited | None:
+        """At end of DATA, before the spool write: take the message's units atomically.
+
+        None: reserved; the caller must ``commit`` once the message is on disk or
+        ``cancel`` if it is not. Otherwise nothing is taken.
+        """
+        refused = self.check_message(s, entry)
+        if refused:
+            return refused
+        if s.recipients is not None:
+            wait = self._recipients.take(s.key, s.recipients, recipients)
+            if wait:
+                return self._limited(Kind.RECIPIENTS, s.key, s.recipients.describe(), wait, entry)
+        wait = self._messages.take(s.key, s.messages)
+        if wait:  # pragma: no cover - check_message just said it passes, and nothing ran in between
+            if s.recipients is not None:
+                self._recipients.refund(s.key, s.recipients, recipients)
+            return self._limited(Kind.MESSAGES, s.key, s.messages.describe(), wait, entry)
+        return None
+
+    def commit(self, s: SenderLimits) -> int:
+        """The reserved message is on disk: count it against the daily quota. Returns today's count."""
+        if s.per_day or s.key.startswith("acct:"):
+            return self.store.add_daily(s.key, self.clock.time())
+        return 0
+
+    def cancel(self, s: SenderLimits, recipients: int) -> None:
+        """The reserved message was not accepted: give its units back."""
+        self._messages.refund(s.key, s.messages)
+        if s.recipients is not None:
+            self._recipients.refund(s.key, s.recipients, recipients)
+
+    def daily_count(self, s: SenderLimits) -> int:
+        return self.store.daily_count(s.key, self.clock.time())

@@ -1,0 +1,12 @@
+"""Prometheus counters of the limiter (default registry, served by the relay's metrics listener)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+LIMITED = Counter(
+    "relay_rate_limited",
+    "Requests refused by a rate limit, by kind of limit and entry point",
+    ["kind", "entry"],
+)
+BRAKE_HOLDS = Counter("relay_abuse_brake_holds", "Accounts held by the abuse brake")

@@ -1,0 +1,85 @@
+"""The relay process's one set of limiter state, shared by every check and the delivery side.
+
+``for_config(cfg)`` returns the same ``LimitRuntime`` for the same ``Config``
+object, so the limits check, the abuse check, XAUTHCHECK/XAUTHFAIL and the
+delivery workers all count against one limiter (DESIGN.md "One policy point").
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from appliance.accounts import AccountStore
+from appliance.config import Config
+from appliance.ratelimit.brake import AbuseBrake
+from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
+from appliance.ratelimit.limiter import Limiter
+from appliance.ratelimit.pacer import Pacer
+from appliance.ratelimit.store import LimitStore, limits_db
+
+
+class LazyAccounts:
+    """The brake's own accounts connection, opened the first time it holds someone."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._store: AccountStore | None = None
+
+    def hold(self, address: str, reason: str) -> bool:
+        if self._store is None:
+            self._store = AccountStore(self._cfg.paths.accounts_db)
+        return self._store.hold(address, reason)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+@dataclass
+class LimitRuntime:
+    cfg: Config
+    limiter: Limiter
+    brake: AbuseBrake
+    pacer: Pacer
+    accounts: LazyAccounts | AccountStore
+
+    def close(self) -> None:
+        self.limiter.close()
+        self.accounts.close()
+
+
+_lock = threading.Lock()
+_runtimes: dict[int, tuple[Config, LimitRuntime]] = {}
+
+
+def build(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> LimitRuntime:
+    limiter = Limiter(cfg, LimitStore(limits_db(cfg), clock.time), clock)
+    # Its own connection: the brake writes holds while the relay's checks read accounts.
+    accounts = LazyAccounts(cfg)
+    brake = AbuseBrake(cfg, limiter.store, accounts, clock)  # type: ignore[arg-type]
+    return LimitRuntime(cfg, limiter, brake, Pacer(cfg, clock), accounts)
+
+
+def for_config(cfg: Config) -> LimitRuntime:
+    with _lock:
+        hit = _runtimes.get(id(cfg))
+        if hit is not None and hit[0] is cfg:
+            return hit[1]
+        rt = build(cfg)
+        _runtimes[id(cfg)] = (cfg, rt)  # the Config is kept alive, so its id is not reused
+        return rt
+
+
+def install(cfg: Config, runtime: LimitRuntime) -> None:
+    """Use RUNTIME for CFG (tests and benchmarks: a runtime built with a manual clock)."""
+    with _lock:
+        _runtimes[id(cfg)] = (cfg, runtime)
+
+
+def close_all() -> None:
+    with _lock:
+        for _, rt in _runtimes.values():
+            rt.close()
+        _runtimes.clear()

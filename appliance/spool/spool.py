@@ -1,0 +1,381 @@
+"""The durable queue.
+
+``store()`` returns a queue id only once the message is on disk: written to
+``tmp/``, fsynced, renamed into ``queue/``, and ``queue/`` fsynced. Concurrent
+``store()`` calls are committed together by one thread (group commit): it takes
+every request waiting, writes and fsyncs each file, renames them all, fsyncs the
+queue directory once, and only then resolves the callers' futures. Under load N
+sessions share one directory fsync and the kernel's journal commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import queue
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.spool import faults
+from appliance.spool.format import SpooledMessage, SpoolFormatError, decode, decode_log, encode, encode_log
+
+log = logging.getLogger("appliance.spool")
+
+DEFAULT_FREE_RESERVE = 0  # bytes kept free on the spool's file system beyond the message itself
+QUEUE_ID = re.compile(r"^[0-9A-F]{16,40}$")
+SUBDIRS = ("tmp", "queue", "corrupt", "log", "control")
+
+
+class SpoolError(Exception):
+    """The message could not be stored (the relay answers 451 4.3.0)."""
+
+
+class SpoolFull(SpoolError):
+    """No room on the spool's file system (the relay answers 452 4.3.1)."""
+
+
+@dataclass
+class RecoveryReport:
+    queued: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    dropped_tmp: int = 0
+    dropped_logs: int = 0
+
+
+@dataclass
+class _Request:
+    msg: SpooledMessage
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[str]
+    tmp: Path | None = None
+    error: Exception | None = None
+
+
+def new_queue_id() -> str:
+    # Time-ordered (so `queue list` sorts by arrival) plus randomness (unique across restarts and workers).
+    return f"{time.time_ns():016X}{secrets.token_hex(3).upper()}"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, spool_dir: Path, *, max_bytes_free_reserve: int = DEFAULT_FREE_RESERVE) -> None:
+        self.dir = Path(spool_dir)
+        self.reserve = max_bytes_free_reserve
+        for sub in SUBDIRS:
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.dir / "tmp"
+        self.queue_dir = self.dir / "queue"
+        self.corrupt_dir = self.dir / "corrupt"
+        self.log_dir = self.dir / "log"
+        self.control_dir = self.dir / "control"
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._listeners: list[Callable[[SpooledMessage], None]] = []
+        self._lock_fd: int | None = None
+        self.recovered = False
+        # Counters for tests and metrics: how many fsyncs the commits cost.
+        self.stats = {"stored": 0, "batches": 0, "file_fsyncs": 0, "dir_fsyncs": 0, "largest_batch": 0}
+
+    # --- storing ---------------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[SpooledMessage], None]) -> None:
+        """Called in the event loop with each newly stored message (without its data)."""
+        self._listeners.append(callback)
+
+    async def store(self, sender: str, recipients: list[str], data: bytes, meta: dict[str, Any]) -> str:
+        """Store durably and return the queue id; raises SpoolFull or SpoolError."""
+        if not recipients:
+            raise SpoolError("no recipients")
+        loop = asyncio.get_running_loop()
+        msg = SpooledMessage(new_queue_id(), sender, tuple(recipients), time.time(), dict(meta), bytes(data))
+        req = _Request(msg, loop, loop.create_future())
+        self._ensure_thread()
+        self._requests.put(req)
+        qid = await req.future
+        head = SpooledMessage(msg.id, msg.sender, msg.recipients, msg.arrival, msg.meta)
+        for cb in self._listeners:
+            try:
+                cb(head)
+            except Exception:  # a listener's bug must not turn a stored message into an error reply
+                log.exception("spool listener failed for %s", qid)
+        return qid
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            with self._thread_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._commit_loop, name="spool-commit", daemon=True)
+                    self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._requests.put(None)
+            self._thread.join(timeout=10)
+        self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _commit_loop(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._requests.put(None)  # finish this batch, then stop
+                    break
+                batch.append(nxt)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # never leave a caller waiting forever
+                log.exception("spool commit failed")
+                for r in batch:
+                    if r.error is None:
+                        r.error = SpoolError(f"spool commit failed: {exc}")
+            for r in batch:
+                self._resolve(r)
+
+    @staticmethod
+    def _resolve(r: _Request) -> None:
+        def done() -> None:
+            if r.future.done():
+                return
+            if r.error is not None:
+                r.future.set_exception(r.error)
+            else:
+                r.future.set_result(r.msg.id)
+
+        with contextlib.suppress(RuntimeError):  # loop closed: the caller is gone
+            r.loop.call_soon_threadsafe(done)
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.queue_dir)
+        return st.f_bavail * st.f_frsize
+
+    def _commit(self, batch: list[_Request]) -> None:
+        self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
+        free = self._free_bytes()
+        written: list[_Request] = []
+        for r in batch:
+            raw = encode(r.msg)
+            if free - len(raw) < self.reserve:
+                r.error = SpoolFull(f"spool file system has {free} bytes free, reserve is {self.reserve}")
+                continue
+            tmp = self.tmp_dir / r.msg.id
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                r.error = self._os_error(exc, "create")
+                continue
+            r.tmp = tmp
+            try:
+                view = memoryview(raw)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                faults.point("after_write")
+                os.fsync(fd)
+                self.stats["file_fsyncs"] += 1
+                faults.point("after_fsync")
+            except OSError as exc:
+                r.error = self._os_error(exc, "write")
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                continue
+            finally:
+                os.close(fd)
+            free -= len(raw)
+            written.append(r)
+        renamed: list[_Request] = []
+        for r in written:
+            assert r.tmp is not None
+            try:
+                os.rename(r.tmp, self.queue_dir / r.msg.id)
+                renamed.append(r)
+                faults.point("after_rename")
+            except OSError as exc:
+                r.error = self._os_error(exc, "rename")
+                with contextlib.suppress(OSError):
+                    os.unlink(r.tmp)
+        if not renamed:
+            return
+        try:
+            fsync_dir(self.queue_dir)
+            self.stats["dir_fsyncs"] += 1
+            faults.point("after_dirsync")
+        except OSError as exc:
+            # The renames may not be durable: refuse them all (temporary) rather than risk a lost 250.
+            for r in renamed:
+                r.error = self._os_error(exc, "directory fsync")
+                with contextlib.suppress(OSError):
+                    os.unlink(self.queue_dir / r.msg.id)
+            return
+        self.stats["stored"] += len(renamed)
+
+    @staticmethod
+    def _os_error(exc: OSError, what: str) -> SpoolError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return SpoolFull(f"spool {what}: {exc.strerror}")
+        return SpoolError(f"spool {what}: {exc.strerror or exc}")
+
+    # --- start-up recovery -----------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Drop unacknowledged tmp files, verify every queued file, quarantine bad ones (never delete)."""
+        rep = RecoveryReport()
+        for p in self.tmp_dir.iterdir():
+            # Nothing in tmp/ was ever acknowledged: store() answers only after the rename.
+            with contextlib.suppress(OSError):
+                p.unlink()
+                rep.dropped_tmp += 1
+        moved = False
+        for p in sorted(self.queue_dir.iterdir()):
+            try:
+                decode(p.read_bytes(), with_data=True)
+            except (SpoolFormatError, OSError) as exc:
+                log.error("quarantining corrupt queue file %s: %s", p.name, exc)
+                dest = self.corrupt_dir / p.name
+                if dest.exists():
+                    dest = self.corrupt_dir / f"{p.name}.{secrets.token_hex(4)}"
+                os.rename(p, dest)
+                moved = True
+                rep.corrupt.append(p.name)
+                continue
+            rep.queued.append(p.name)
+        self.recovered = True
+        if moved:
+            fsync_dir(self.corrupt_dir)
+            fsync_dir(self.queue_dir)
+        queued = set(rep.queued)
+        for p in self.log_dir.iterdir():
+            # A log whose message is gone belongs to a finished message (queue file is removed first).
+            if p.name not in queued and not (self.corrupt_dir / p.name).exists():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    rep.dropped_logs += 1
+        return rep
+
+    # --- reading and the outcome log --------------------------------------------------------
+
+    def ids(self) -> list[str]:
+        return sorted(p.name for p in self.queue_dir.iterdir() if QUEUE_ID.match(p.name))
+
+    def path(self, qid: str) -> Path:
+        if not QUEUE_ID.match(qid):
+            raise SpoolError(f"queue id {qid!r}: not a queue id")
+        return self.queue_dir / qid
+
+    def load(self, qid: str, *, with_data: bool = True) -> SpooledMessage:
+        """The verified message; raises FileNotFoundError if gone, SpoolFormatError if corrupt."""
+        return decode(self.path(qid).read_bytes(), with_data=with_data)
+
+    def read_log(self, qid: str) -> list[dict[str, Any]]:
+        try:
+            return decode_log((self.log_dir / qid).read_bytes())
+        except FileNotFoundError:
+            return []
+
+    def append_log(self, qid: str, records: list[dict[str, Any]]) -> None:
+        """Append outcome records and fsync them before returning (blocking: call from a thread)."""
+        if not records:
+            return
+        p = self.log_dir / qid
+        new = not p.exists()
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(encode_log(r) for r in records))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new:
+            fsync_dir(self.log_dir)
+
+    def finish(self, qid: str) -> None:
+        """Every recipient is final: remove the message, then its log (blocking)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(qid))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log_dir / qid)
+
+    def quarantine(self, qid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(self.path(qid), self.corrupt_dir / qid)
+
+    def delete(self, qid: str) -> bool:
+        """Operator removal (`appliance queue delete`): the message and its log."""
+        existed = self.path(qid).exists()
+        self.finish(qid)
+        return existed
+
+    # --- the running relay's lock and control requests --------------------------------------
+
+    def acquire_lock(self) -> bool:
+        """Taken by the delivery manager; the CLI uses it to tell whether a relay is running."""
+        fd = os.open(self.dir / "relay.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def relay_running(self) -> bool:
+        p = self.dir / "relay.lock"
+        if not p.exists():
+            return False
+        fd = os.open(p, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def request(self, action: str, qid: str = "") -> Path:
+        """Leave a control request (flush, retry-ID, delete-ID) for the running relay to act on."""
+        name = f"{action}-{qid}" if qid else action
+        p = self.control_dir / f"{name}.{secrets.token_hex(4)}"
+        p.write_text(str(time.time()))
+        return p
+
+    def take_requests(self) -> Iterator[tuple[str, str]]:
+        for p in sorted(self.control_dir.iterdir()):
+            name = p.name.rsplit(".", 1)[0]
+            action, _, qid = name.partition("-")
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                yield action, qid

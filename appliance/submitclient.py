@@ -1,0 +1,233 @@
+"""Client of the relay's internal submission socket (docs/ARCHITECTURE.md).
+
+The access service never queues mail itself: every IMAP/POP send, and every
+IMAP/POP login's limiter check, goes over RUN_DIR/submit.sock as ESMTP with
+the XUSER, XAUTHCHECK and XAUTHFAIL extensions. Calls are blocking; the
+Twisted service runs them in its thread pool.
+
+Reply mapping (ARCHITECTURE.md "The internal submission socket"):
+2xx -> OK / +OK; 4xx -> NO [LIMIT] (x.7.x and x.5.3, the limits) or
+NO [UNAVAILABLE]; 5xx -> NO [POLICYDENIED] / -ERR. A relay that cannot be
+reached is a temporary failure: the caller fails closed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import smtplib
+import socket
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from pathlib import Path
+
+from appliance.addresses import AddressError, normalize_address
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\s*")
+_QUEUED = re.compile(r"queued as\s+(\S+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    text: str  # without the enhanced status code
+    enhanced: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def queue_id(self) -> str:
+        m = _QUEUED.search(self.text)
+        return m.group(1) if m else ""
+
+    def imap_code(self) -> str:
+        """The IMAP response code for a refusal: LIMIT, UNAVAILABLE or POLICYDENIED."""
+        if self.ok:
+            return ""
+        if self.temporary:
+            return "LIMIT" if self.limited else "UNAVAILABLE"
+        return "POLICYDENIED"
+
+    @property
+    def limited(self) -> bool:
+        return self.temporary and (self.enhanced.startswith("4.7.") or self.enhanced == "4.5.3")
+
+
+def _reply(code: int, raw: bytes | str) -> Reply:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = " ".join(text.split())  # multi-line replies become one line
+    m = _ENHANCED.match(text)
+    enhanced = ""
+    if m:
+        enhanced = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        text = text[m.end():]
+    return Reply(code, text, enhanced)
+
+
+UNAVAILABLE = Reply(421, "mail relay unavailable, try again later", "4.3.0")
+
+
+class _UnixSMTP(smtplib.SMTP):
+    def __init__(self, path: str, timeout: float) -> None:
+        self._path = path
+        super().__init__(timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:  # type: ignore[override]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(self._path)
+        return s
+
+
+class SubmitClient:
+    def __init__(self, socket_path: str | Path, timeout: float = 60.0) -> None:
+        self.path = str(socket_path)
+        self.timeout = timeout
+
+    def _open(self) -> _UnixSMTP:
+        conn = _UnixSMTP(self.path, self.timeout)
+        code, msg = conn.connect(self.path, 0)
+        if code != 220:
+            conn.close()
+            raise smtplib.SMTPConnectError(code, msg)
+        conn.ehlo("access")
+        return conn
+
+    def _command(self, *lines: str) -> Reply:
+        try:
+            conn = self._open()
+        except (OSError, smtplib.SMTPException):
+            return UNAVAILABLE
+        try:
+            reply = UNAVAILABLE
+            for line in lines:
+                reply = _reply(*conn.docmd(line))
+                if not reply.ok:
+                    break
+            return reply
+        except (OSError, smtplib.SMTPException):
+            return UNAVAILABLE
+        finally:
+            _quit(conn)
+
+    def auth_check(self, client_ip: str) -> Reply:
+        """Ask the shared limiter whether CLIENT_IP may try a login now (before verifying)."""
+        return self._command(f"XAUTHCHECK {client_ip}")
+
+    def auth_fail(self, client_ip: str) -> Reply:
+        """Record a failed login from CLIENT_IP with the shared limiter."""
+        return self._command(f"XAUTHFAIL {client_ip}")
+
+    def submit(self, login: str, client_ip: str, protocol: str, sender: str, recipients: list[str],
+               data: bytes) -> Reply:
+        """Hand one message to the relay as LOGIN; the reply says queued (2xx) or why not."""
+        try:
+            conn = self._open()
+        except (OSError, smtplib.SMTPException):
+            return UNAVAILABLE
+        try:
+            r = _reply(*conn.docmd(f"XUSER {login} {client_ip} {protocol}"))
+            if not r.ok:
+                return r
+            opts = " SMTPUTF8" if not sender.isascii() else ""
+            r = _reply(*conn.docmd(f"MAIL FROM:<{sender}> SIZE={len(data)}{opts}"))
+            if not r.ok:
+                return r
+            accepted = 0
+            last_refusal: Reply | None = None
+            for rcpt in recipients:
+                r = _reply(*conn.docmd(f"RCPT TO:<{rcpt}>"))
+                if r.ok:
+                    accepted += 1
+                else:
+                    last_refusal = r
+            # All recipients or none: a partial send from IMAP/POP cannot be reported per
+            # recipient, so any refused recipient refuses the message.
+            if last_refusal is not None or accepted == 0:
+                conn.docmd("RSET")
+                return last_refusal or Reply(554, "no valid recipients", "5.5.1")
+            r = _reply(*conn.docmd("DATA"))
+            if r.code != 354:
+                return r
+            conn.send(_dot_stuff(data) + b".\r\n")
+            return _reply(*conn.getreply())
+        except (OSError, smtplib.SMTPException):
+            return UNAVAILABLE
+        finally:
+            _quit(conn)
+
+
+def _quit(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (OSError, smtplib.SMTPException):
+        conn.close()
+
+
+def _dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 4.5.2 transparency, with CRLF line ends and a final CRLF."""
+    data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b"."):
+        data = b"." + data
+    return data.replace(b"\r\n.", b"\r\n..")
+
+
+class EnvelopeError(ValueError):
+    """The message or options give no usable envelope; the text is safe to show a client."""
+
+
+def envelope(message: bytes, account: str, sender: str | None, recipients: list[str] | None) -> tuple[str, list[str], bytes]:
+    """Envelope (sender, recipients) and the bytes to relay.
+
+    Sender: the FROM option or the account's address. Recipients: the RECIPIENT
+    options, or else To/Cc/Bcc of the message. Bcc: is removed from the relayed
+    copy (the stored copy keeps it).
+    """
+    try:
+        env_from = normalize_address(sender) if sender else account
+        rcpts = [normalize_address(r) for r in recipients] if recipients else []
+    except AddressError as exc:
+        raise EnvelopeError(str(exc)) from None
+    headers = BytesHeaderParser(policy=compat32).parsebytes(message)
+    if not rcpts:
+        fields = headers.get_all("To", []) + headers.get_all("Cc", []) + headers.get_all("Bcc", [])
+        for _, addr in email.utils.getaddresses([str(f) for f in fields]):
+            if addr:
+                try:
+                    a = normalize_address(addr)
+                except AddressError as exc:
+                    raise EnvelopeError(f"recipient {addr}: {exc}") from None
+                if a not in rcpts:
+                    rcpts.append(a)
+    if not rcpts:
+        raise EnvelopeError("no recipients: the message has no To, Cc or Bcc and none were given")
+    return env_from, rcpts, strip_bcc(message)
+
+
+def strip_bcc(message: bytes) -> bytes:
+    """MESSAGE without its Bcc: header field (with continuation lines)."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0 or (0 <= message.find(b"\n\n") < end):
+        end = message.find(b"\n\n")
+    if end < 0:
+        end = len(message)
+    head, rest = message[:end], message[end:]
+    lines = head.split(b"\n")
+    out: list[bytes] = []
+    skipping = False
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        skipping = line[:4].lower() == b"bcc:"
+        if not skipping:
+            out.append(line)
+    return b"\n".join(out) + rest

@@ -1,0 +1,83 @@
+"""`python -m services.access -c CONFIG`: the IMAP and POP listeners (supervisor runs it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import reactor
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.protocol import Factory
+from twisted.python import log
+from zope.interface import implementer
+
+from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
+from services.access.backend import Backend
+from services.access.imap import IMAPServer
+from services.access.pop3 import POP3Server
+
+
+@implementer(IOpenSSLContextFactory)
+class TLSContext:
+    """An old-style context factory (getContext) with the box certificate, TLS 1.2 or newer."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()
+        self._ctx = ctx
+
+    def getContext(self) -> SSL.Context:
+        return self._ctx
+
+
+def listen(cfg: Config, backend: Backend) -> list[Any]:
+    tls = TLSContext(cfg.tls.cert, cfg.tls.key)
+    ports = []
+    for name, proto in (("imap", IMAPServer), ("imaps", IMAPServer), ("pop3", POP3Server), ("pop3s", POP3Server)):
+        lst = getattr(cfg.listeners, name)
+        if not lst.enabled:
+            continue
+        implicit = lst.tls == "implicit"
+
+        def build(proto: Any = proto, implicit: bool = implicit) -> Any:
+            return proto(backend, tls, implicit)
+
+        factory = Factory.forProtocol(build)
+        factory.noisy = False
+        if implicit:
+            ports.append(reactor.listenSSL(lst.port, factory, tls, interface=lst.host))  # type: ignore[attr-defined]
+        else:
+            ports.append(reactor.listenTCP(lst.port, factory, interface=lst.host))  # type: ignore[attr-defined]
+        print(f"access: {name} listening on {lst.host}:{lst.port} (tls={lst.tls})", flush=True)
+    return ports
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="services.access", description=__doc__)
+    ap.add_argument("-c", "--config", default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"access: {exc}", file=sys.stderr)
+        return 2
+    try:
+        backend = Backend.from_config(cfg)
+        listen(cfg, backend)
+    except (OSError, SSL.Error) as exc:
+        print(f"access: cannot start: {exc}", file=sys.stderr)
+        return 1
+    reactor.suggestThreadPoolSize(8)  # type: ignore[attr-defined]
+    log.startLogging(sys.stdout, setStdout=False)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

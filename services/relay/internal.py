@@ -1,0 +1,88 @@
+"""The internal submission socket (access service -> relay), docs/ARCHITECTURE.md.
+
+Same ESMTP as the public listeners plus three verbs, on a unix socket whose
+peer uid (SO_PEERCRED) must be allowed (policy/internal_peer.py):
+
+- ``XUSER login client-address protocol``: the access service asserts the
+  logged-in user once per session; mail then goes through the same policy,
+  limits, DKIM and spool as a port-587 submission by that account.
+- ``XAUTHCHECK client-address`` / ``XAUTHFAIL client-address``: the limiter's
+  AUTH-failure accounting for IMAP/POP logins, shared with SMTP AUTH.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from appliance.policy.session import Session as PolicySession
+from appliance.policy.verdicts import (
+    XAUTH_SYNTAX,
+    XAUTHCHECK_OK,
+    XAUTHFAIL_OK,
+    XUSER_ALREADY,
+    XUSER_OK,
+    XUSER_SYNTAX,
+    XUSER_UNKNOWN,
+)
+from services.relay.smtp import RelaySMTP
+
+PROTOCOLS = {"IMAP": "imap", "POP": "pop", "POP3": "pop", "SMTP": "smtp"}
+
+
+def _ip(text: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return str(ip)
+
+
+class InternalSMTP(RelaySMTP):
+    def __init__(self, app: object, **kw: object) -> None:
+        super().__init__(app, "internal", starttls=False, implicit_tls=False)  # type: ignore[arg-type]
+
+    async def smtp_XUSER(self, arg: str | None) -> None:
+        ps = self.psession
+        assert ps is not None
+        if ps.login is not None:
+            await self.reply(XUSER_ALREADY.verdict())
+            return
+        parts = (arg or "").split()
+        ip = _ip(parts[1]) if len(parts) == 3 else None
+        proto = PROTOCOLS.get(parts[2].upper()) if len(parts) == 3 else None
+        if ip is None or proto is None:
+            await self.reply(XUSER_SYNTAX.verdict())
+            return
+        account = self.app.accounts.get(parts[0])
+        if account is None or account.disabled:
+            await self.reply(XUSER_UNKNOWN.verdict("xuser"))
+            return
+        ps.login = account.address
+        ps.account = account
+        ps.client_ip = ip
+        ps.protocol = proto  # type: ignore[assignment]
+        await self.reply(XUSER_OK.verdict(login=account.address))
+
+    def _probe(self, arg: str | None, verb: str) -> PolicySession | None:
+        parts = (arg or "").split()
+        ip = _ip(parts[0]) if parts and len(parts) <= 2 else None
+        if ip is None:
+            return None
+        proto = PROTOCOLS.get(parts[1].upper(), "imap") if len(parts) == 2 else "imap"
+        return PolicySession(listener="internal", client_ip=ip, protocol=proto)  # type: ignore[arg-type]
+
+    async def smtp_XAUTHCHECK(self, arg: str | None) -> None:
+        probe = self._probe(arg, "XAUTHCHECK")
+        if probe is None:
+            await self.reply(XAUTH_SYNTAX.verdict(verb="XAUTHCHECK"))
+            return
+        verdict = self.app.pipeline.auth_check(probe)
+        await self.push(verdict.reply() if verdict else XAUTHCHECK_OK.reply())
+
+    async def smtp_XAUTHFAIL(self, arg: str | None) -> None:
+        probe = self._probe(arg, "XAUTHFAIL")
+        if probe is None:
+            await self.reply(XAUTH_SYNTAX.verdict(verb="XAUTHFAIL"))
+            return
+        verdict = self.app.pipeline.auth(probe, "", False)
+        await self.push(verdict.reply() if verdict else XAUTHFAIL_OK.reply())

@@ -1,0 +1,111 @@
+"""A running development box for the access tests: relay + access under supervisor, users alice/bob/carol.
+
+One box per test module (starting one costs seconds). The relay is a real
+peer here: every login asks its limiter and every send goes through it. Until
+the catalog marks the relay built, `appliance up` does not start it, so the
+fixture runs `python -m services.relay` itself for the box's lifetime.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from appliance.catalog import built_services
+from tests.helpers.box import Box, make_box, pids_under
+
+PASSWORD = "correct horse battery"
+MAX_MESSAGE_SIZE = 300_000
+
+
+def _tune_config(box: Box) -> None:
+    data = tomllib.loads(box.config_file.read_text())
+    # Small enough to test "size-limited while reading" without megabytes of traffic.
+    data.setdefault("relay", {})["max_message_size"] = MAX_MESSAGE_SIZE
+    # Refusals are part of these tests; the abuse brake is tested in tests/ratelimit/.
+    data.setdefault("limits", {})["abuse_brake"] = {"enabled": False}
+    data["limits"]["classes"] = {"default": {"messages_per_minute": 600, "burst": 200, "per_day": 0}}
+    box.config_file.write_text(tomli_w.dumps(data))
+
+
+def _wait_socket(path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear in {timeout}s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def access_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    box = make_box(tmp_path_factory.mktemp("access"))
+    _tune_config(box)
+    for user in ("alice", "bob", "carol"):
+        box.add_user(user, PASSWORD)
+    relay: subprocess.Popen[bytes] | None = None
+    if "relay" not in {s.name for s in built_services()}:
+        log = open(box.dir / "log" / "relay-test.log", "wb")
+        relay = subprocess.Popen([sys.executable, "-m", "services.relay", "-c", str(box.config_file)],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+    try:
+        box.up()
+        _wait_socket(box.cfg.paths.internal_socket)
+        yield box
+    finally:
+        box.down()
+        if relay is not None:
+            relay.terminate()
+            relay.wait(30)
+    leaked = pids_under(box.dir)
+    assert not leaked, f"processes left behind under {box.dir}: {leaked}"
+
+
+def imap(box: Box, user: str = "alice", implicit: bool = False) -> imaplib.IMAP4:
+    """A logged-in imaplib client (STARTTLS on the imap port, or implicit TLS on imaps)."""
+    if implicit:
+        m: imaplib.IMAP4 = imaplib.IMAP4_SSL(box.host("imaps"), box.port("imaps"), ssl_context=box.client_tls())
+    else:
+        m = imaplib.IMAP4(box.host("imap"), box.port("imap"))
+        m.starttls(ssl_context=box.client_tls())
+    m.login(f"{user}@{box.domain}", PASSWORD)
+    return m
+
+
+def pop(box: Box, user: str = "alice") -> poplib.POP3:
+    p = poplib.POP3(box.host("pop3"), box.port("pop3"), timeout=30)
+    p.stls(context=box.client_tls())
+    p.user(f"{user}@{box.domain}")
+    p.pass_(PASSWORD)
+    return p
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """Poll PREDICATE until it returns something truthy (bounded; not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def inbox_files(box: Box, user: str) -> list[Path]:
+    base = box.maildir(f"{user}@{box.domain}")
+    return sorted([*(base / "new").iterdir(), *(base / "cur").iterdir()])
+
+
+def message(sender: str, to: str, subject: str, body: str = "Hello.\r\n", extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\n{extra}Subject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}"
+            f"@test>\r\nDate: Mon, 30 Nov 2026 12:00:00 +0000\r\n\r\n{body}").encode()

@@ -1,0 +1,1 @@
+"""The consortium in network namespaces: harness and scenarios (docs/consortium.md)."""
