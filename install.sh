@@ -122,6 +122,8 @@ pillar_roots:
 providers:
   service: systemd_service
 state_verbose: False
+# The console shows the states' results, not Salt's tracebacks (those go to log_file).
+log_level: quiet
 EOF
 say "applying the states (salt-call --local state.apply)"
 exec "$SALT_VENV/bin/salt-call" --config-dir="$SALT_VENV/etc" --local --retcode-passthrough \

@@ -27,7 +27,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "relay",
         "services.relay",
         ("mx", "submission", "submissions", "metrics"),
-        built=False,
+        built=True,
         description="SMTP relay: policy, limits, spool, delivery (aiosmtpd)",
     ),
     ServiceSpec(

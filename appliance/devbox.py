@@ -171,8 +171,10 @@ def make_dev_registry(d: Path, registry: dict[str, object], cfg: config_mod.Conf
     # --force: a new repository with new keys; the box forgets the old one's metadata.
     for old in (repo_dir, keys_dir, cfg.registry_dir):
         shutil.rmtree(old, ignore_errors=True)
+    # Long expiries: a dev box left alone for a week should not start answering its members 421.
     repo = init_repo(repo_dir, keys_dir, registry=registry, consortium=str(registry["consortium"]),
-                     code_of_practice=str(registry["code_of_practice"]))
+                     code_of_practice=str(registry["code_of_practice"]),
+                     expiry_days={"timestamp": 90, "snapshot": 90, "targets": 90})
     shutil.copyfile(repo.metadata_dir / "1.root.json", cfg.registry.root)
     res = run_round(cfg)
     if not res.ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import logging
 import re
 import time
 import uuid
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from email.header import decode_header, make_header
 
 import dkim
+
+log = logging.getLogger("appliance.message")
 
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 
@@ -115,12 +118,20 @@ def strip_bcc(message: Message) -> int:
     return message.remove("Bcc", "Resent-Bcc")
 
 
+_HELO_SAFE = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,255}$")
+
+
+def _helo(text: str) -> str:
+    """The client's HELO name as a trace field may carry it: anything odd is replaced, never copied."""
+    return text if _HELO_SAFE.match(text) else "unknown"
+
+
 def received(
     *, helo: str, client_ip: str, hostname: str, with_: str, recipients: list[str], tls: str | None = None,
     via: str | None = None, now: float | None = None,
 ) -> str:
     """A trace field value (RFC 5321 4.4); ``for`` only when there is one recipient, as Postfix does."""
-    parts = [f"from {helo or 'unknown'} ([{client_ip}])"]
+    parts = [f"from {_helo(helo)} ([{client_ip}])"]
     if via:
         parts.append(f"({via})")
     parts.append(f"by {hostname} (ISP Mail Appliance) with {with_}")
@@ -153,9 +164,14 @@ class DkimSigner:
             return False
         present = {Message._name(f) for f in message.fields}
         headers = [h for h in DKIM_HEADERS if h in present]
-        sig = dkim.sign(
-            message.to_bytes(), self.selector, domain.encode(), self.key,
-            canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n",
-        )
+        try:
+            sig = dkim.sign(
+                message.to_bytes(), self.selector, domain.encode(), self.key,
+                canonicalize=(b"relaxed", b"relaxed"), include_headers=headers, linesep=b"\r\n",
+            )
+        except dkim.DKIMException as exc:
+            # A header dkimpy cannot parse: send unsigned rather than refuse or retry forever.
+            log.warning("DKIM signing for %s failed, sending unsigned: %s", domain, exc)
+            return False
         message.fields.insert(0, sig)
         return True

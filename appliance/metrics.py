@@ -16,6 +16,7 @@ VERDICTS = Counter(
     "Refusals given by a policy check or the protocol layer, by listener, stage, origin (check name) and code",
     ["listener", "stage", "origin", "code"],
 )
+TLS_FAILURES = Counter("relay_tls_handshake_failures_total", "STARTTLS handshakes that failed (connection closed)")
 AUTH = Counter("relay_auth_total", "SMTP AUTH attempts by result (ok, failed)", ["result"])
 MESSAGES = Counter("relay_messages_accepted_total", "Messages stored in the spool, by listener", ["listener"])
 RECIPIENTS = Counter("relay_recipients_accepted_total", "Recipients of stored messages, by listener", ["listener"])

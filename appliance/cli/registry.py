@@ -3,7 +3,7 @@
 Operator commands take the operator directory first (see appliance/registry/repo.py)::
 
     appliance registry init REPO_DIR [--keys-dir DIR] [--keys ROLE=N] [--threshold ROLE=M] [--expires ROLE=DAYS]
-    appliance registry add-member REPO_DIR --id ID --domain D --relay HOST[:PORT]=CIDR[+CIDR] [--pin [HOST=]HEX] ...
+    appliance registry add-member REPO_DIR --id ID --domain D --relay HOST[:PORT]=CIDR[+CIDR] [--pin [HOST=]HEX|CERT.pem] ...
     appliance registry update-member REPO_DIR ID [same options; each given one replaces the field]
     appliance registry suspend | reactivate | remove REPO_DIR ID
     appliance registry rotate-key REPO_DIR ROLE [--keys N] [--threshold M] [--replace KEYID]
@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         q.add_argument("--relay", action="append", metavar="HOST[:PORT]=CIDR[+CIDR]",
                        help="a relay host, its port (default 25) and the addresses it sends from (repeatable)")
         q.add_argument("--pin", action="append", metavar="[HOST=]HEX",
-                       help="SPKI SHA-256 pin (64 hex digits) of a relay's certificate; all relays without HOST=")
+                       help="SPKI SHA-256 pin of a relay's certificate (64 hex digits, or a PEM certificate file); "
+                       "applies to all relays without HOST=")
         q.add_argument("--no-pins", action="store_true", help="remove every pin")
         q.add_argument("--messages-per-minute", type=float, help="member message rate (code of practice)")
         q.add_argument("--burst", type=int, help="member burst")
@@ -167,10 +168,22 @@ def _port(p: str, spec: str) -> int:
     return int(p)
 
 
+def _pin_value(value: str) -> str:
+    """64 hex digits as given, or the SPKI SHA-256 of a PEM certificate file (e.g. the member's cert.pem)."""
+    if Path(value).is_file():
+        from appliance.tlsfiles import load_cert, spki_sha256
+
+        try:
+            return spki_sha256(load_cert(value))
+        except ValueError as exc:
+            raise CommandError(f"--pin {value}: not a PEM certificate: {exc}") from None
+    return value.lower()
+
+
 def _apply_pins(relays: list[dict[str, Any]], pins: list[str] | None) -> None:
     for pin in pins or []:
         host, sep, value = pin.rpartition("=")
-        value = value.lower()
+        value = _pin_value(value)
         targets = [r for r in relays if not sep or r["host"] == host]
         if sep and not targets:
             raise CommandError(f"--pin {pin}: no relay {host} in this member")

@@ -273,14 +273,18 @@ class DeliveryManager:
             groups.setdefault(rt.destination.key, (rt, []))[1].append(r)
 
         results: list[Outcome] = []
+        unlogged: list[Outcome] = []
 
         async def one(rt: Route, rcpts: list[str]) -> None:
             outs = await self._deliver_group(rt, rcpts, msg)
             faults.point("after_deliver")
             ok = [o for o in outs if o.status == "delivered"]
-            if ok:
+            if ok and len(groups) > 1:
+                # Other destinations are still in flight: log these now, so a crash does not redeliver them.
                 await asyncio.to_thread(self.spool.append_log, e.id, [o.record() for o in ok])
-                e.done.update(o.recipient for o in ok)
+            else:
+                unlogged.extend(ok)  # logged below unless the whole message is finished
+            e.done.update(o.recipient for o in ok)
             results.extend(outs)
 
         await asyncio.gather(*(one(rt, rcpts) for rt, rcpts in groups.values()))
@@ -297,16 +301,17 @@ class DeliveryManager:
         if bad:
             self.stats["failed"] += len(bad)
             await self._send_dsn("failure", msg, bad)  # stored before the failures are logged
-            await asyncio.to_thread(self.spool.append_log, e.id, [o.record() for o in bad])
             e.done.update(o.recipient for o in bad)
         if not e.pending:
+            # Finished: removing the queue file is the record (a crash before it only repeats deliveries).
             await asyncio.to_thread(self.spool.finish, e.id)
             self._entries.pop(e.id, None)
             return
         e.attempts += 1
         when = now + retry_delay(self.cfg, e.attempts)
         why = {o.recipient: f"{o.enhanced} {o.text}"[:300] for o in later}
-        records: list[dict[str, Any]] = [{"e": "deferred", "attempts": e.attempts, "next": when, "why": why}]
+        records: list[dict[str, Any]] = [o.record() for o in unlogged + bad]
+        records.append({"e": "deferred", "attempts": e.attempts, "next": when, "why": why})
         warn = self.cfg.relay.delay_warning
         if warn and not e.delay_sent and now - e.arrival >= warn and later:
             await self._send_dsn("delay", msg, later)

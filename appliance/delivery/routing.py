@@ -3,7 +3,8 @@
 1. a local domain: the Maildir;
 2. a domain the registry lists for a member: that member's relay hosts, TLS
    required, SPKI pinned when listed (a suspended member: keep and retry);
-3. role ``edge``: the configured upstream relay;
+3. role ``edge``: the configured upstream relay (checked first: an edge box is not a
+   member, so members take its mail only through its upstream);
 4. otherwise ``relay.outside``: ``refuse`` (5.7.1) or ``mx`` (DNS MX, opportunistic TLS).
 """
 
@@ -48,11 +49,16 @@ def route(cfg: Config, registry: Registry | None, recipient: str) -> Route:
     domain = domain_of(recipient)
     if domain in cfg.box.domains:
         return Route(Destination("local", "local", domain=domain))
+    if cfg.box.role == "edge" and cfg.relay.upstream is not None:
+        # An edge box is not a member: members only take its mail through its upstream.
+        up = cfg.relay.upstream
+        return Route(Destination("upstream", "upstream", domain=domain), (Hop(up.host, up.port, tuple(up.spki_sha256)),))
     if registry is None:
         # Without a registry we cannot tell a member's domain from an outsider's: wait, never guess.
         return Route(Destination("hold", "hold:registry", domain=domain), reason="consortium registry unavailable")
     member = registry.member_for_domain(domain)
-    if member is not None and member.id != cfg.box.member_id:
+    # An edge box has no port-25 relationship with members: everything goes upstream (DESIGN.md "Roles").
+    if member is not None and member.id != cfg.box.member_id and cfg.box.role != "edge":
         dest = Destination("member", f"member:{member.id}", member_id=member.id, domain=domain)
         if not member.active:
             return Route(Destination("hold", f"hold:{member.id}", member_id=member.id, domain=domain),
@@ -62,9 +68,6 @@ def route(cfg: Config, registry: Registry | None, recipient: str) -> Route:
             return Route(Destination("hold", f"hold:{member.id}", member_id=member.id, domain=domain),
                          reason=f"member {member.id} lists no relay hosts")
         return Route(dest, hops)
-    if cfg.box.role == "edge" and cfg.relay.upstream is not None:
-        up = cfg.relay.upstream
-        return Route(Destination("upstream", "upstream", domain=domain), (Hop(up.host, up.port, tuple(up.spki_sha256)),))
     if cfg.relay.outside == "mx":
         return Route(Destination("mx", f"mx:{domain}", domain=domain))
     return Route(Destination("refuse", "refuse", domain=domain), reason=f"{domain} is not a consortium member's domain")

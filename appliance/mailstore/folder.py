@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -72,6 +73,29 @@ class Entry:
     def flags(self) -> list[str]:
         out = [LETTER_FLAGS[c] for c in self.letters if c in LETTER_FLAGS]
         return out + sorted(self.keywords)
+
+
+_UID_IN_NAME = re.compile(r",U=(\d+)(?:,|$)")
+
+
+def known_uids(known: dict[str, tuple[int, int, set[str]]]) -> set[int]:
+    return {v[0] for v in known.values()}
+
+
+def _size_of(path: Path) -> int | None:
+    """Octets of the file in CRLF form, or None if it vanished."""
+    try:
+        return len(crlf(path.read_bytes()))
+    except FileNotFoundError:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -158,7 +182,7 @@ class Folder:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path / UIDLIST)
 
-    def _append_list(self, entries: Iterable[Entry]) -> None:
+    def _append_list(self, entries: Iterable[Entry], sync: bool = False) -> None:
         lines = "".join(" ".join([str(e.uid), e.base, str(e.size), *sorted(e.keywords)]) + "\n" for e in entries)
         # The header's N field is rewritten in place: it has fixed width only by luck,
         # so rewrite the whole file when the header would change length.
@@ -174,7 +198,8 @@ class Folder:
                 fh.seek(0, os.SEEK_END)
                 fh.write(lines)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:  # keywords are only in the list; UIDs are also in the file names
+                    os.fsync(fh.fileno())
         except (FileNotFoundError, ValueError):
             self._write_list()
 
@@ -203,31 +228,54 @@ class Folder:
                     files[base] = (sub, info)
             entries: dict[int, Entry] = {}
             fresh: list[tuple[float, str]] = []
+            listed = known_uids(known)
             for base, (sub, info) in files.items():
                 if base in known:
                     uid, size, kws = known[base]
                     entries[uid] = Entry(uid, base, sub, info, size, kws)
-                else:
-                    try:
-                        mtime = os.stat(self.path / sub / (f"{base}:2,{info}" if sub == "cur" else base)).st_mtime
-                    except FileNotFoundError:
-                        continue
-                    fresh.append((mtime, base))
+                    continue
+                m = _UID_IN_NAME.search(base)
+                if m and int(m.group(1)) not in entries and int(m.group(1)) not in listed:
+                    # Recovery: the list lost this record (it is not fsynced on append), the
+                    # name still carries the UID it was given (see add()).
+                    uid = int(m.group(1))
+                    size = _size_of(self.path / sub / (f"{base}:2,{info}" if sub == "cur" else base))
+                    if size is not None:
+                        entries[uid] = Entry(uid, base, sub, info, size)
+                        self.next_uid = max(self.next_uid, uid + 1)
+                    continue
+                try:
+                    mtime = os.stat(self.path / sub / (f"{base}:2,{info}" if sub == "cur" else base)).st_mtime
+                except FileNotFoundError:
+                    continue
+                fresh.append((mtime, base))
             added: list[Entry] = []
+            moved = False
             for _, base in sorted(fresh):  # delivery order
                 sub, info = files[base]
                 name = f"{base}:2,{info}" if sub == "cur" else base
+                size = _size_of(self.path / sub / name)
+                if size is None:
+                    continue
+                uid = self.next_uid
+                self.next_uid += 1
+                # Give the file its UID in its name and move it to cur/, so the UID survives
+                # even if the (unsynced) list does not.
+                new_base = f"{base},U={uid}"
+                letters = "".join(sorted(info))
                 try:
-                    data = (self.path / sub / name).read_bytes()
+                    os.rename(self.path / sub / name, self.path / "cur" / f"{new_base}:2,{letters}")
                 except FileNotFoundError:
                     continue
-                e = Entry(self.next_uid, base, sub, "".join(sorted(info)), len(crlf(data)))
-                self.next_uid += 1
+                moved = True
+                e = Entry(uid, new_base, "cur", letters, size)
                 entries[e.uid] = e
                 added.append(e)
                 if sub == "new":
                     self.recent.add(e.uid)
-            removed = len(known) != len(entries) - len(added)
+            if moved:
+                _fsync_dir(self.path / "cur")
+            removed = len(known) != len(entries) - len(added) or any(b not in files for b in known)
             self.entries = entries
             self.by_base = {e.base: uid for uid, e in entries.items()}
             if removed or not (self.path / UIDLIST).exists():
@@ -271,32 +319,34 @@ class Folder:
     # --- changing -------------------------------------------------------------------------
 
     def add(self, data: bytes, flags: Iterable[str] = (), date: float | None = None) -> int:
-        """Store DATA durably in cur/ with FLAGS; return its UID."""
+        """Store DATA durably in cur/ with FLAGS; return its UID.
+
+        Two fsyncs: the file before it is renamed into cur/, and cur/ after (so an OK
+        to the client means the message is on disk). The UID is part of the file
+        name, so the list append needs no fsync of its own.
+        """
         letters = "".join(sorted(FLAG_LETTERS[f] for f in _canonical(flags) if f in FLAG_LETTERS))
         keywords = {f for f in _canonical(flags) if not f.startswith("\\") and f not in FLAG_LETTERS}
-        base = _unique_name()
-        tmp = self.path / "tmp" / base
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if date is not None:
-            os.utime(tmp, (date, date))
         with self._locked():
             self.sync()
-            os.rename(tmp, self.path / "cur" / f"{base}:2,{letters}")
-            dfd = os.open(self.path / "cur", os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-            e = Entry(self.next_uid, base, "cur", letters, len(crlf(data)), keywords)
+            uid = self.next_uid
             self.next_uid += 1
+            base = f"{_unique_name()},U={uid}"
+            tmp = self.path / "tmp" / base
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if date is not None:
+                os.utime(tmp, (date, date))
+            os.rename(tmp, self.path / "cur" / f"{base}:2,{letters}")
+            _fsync_dir(self.path / "cur")
+            e = Entry(uid, base, "cur", letters, len(crlf(data)), keywords)
             self.entries[e.uid] = e
             self.by_base[base] = e.uid
-            self._append_list([e])
+            self._append_list([e], sync=bool(keywords))
             self._stamp = self._dir_stamp()
         return e.uid
 

@@ -114,7 +114,6 @@ NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 NESTED_MAIL = Reply(503, "5.5.1", "Nested MAIL command")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big (at most {limit} bytes)")
-SIZE_DECLARED_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the maximum of {limit} bytes")
 
 # --- message --------------------------------------------------------------------------------
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains a bare CR or LF (RFC 5321 2.3.8); refused")

@@ -5,13 +5,12 @@ turn a ``Limited`` into an SMTP reply; the access service maps the relay's
 replies to IMAP/POP.
 """
 
-from appliance.ratelimit.decisions import CLOSES_CONNECTION, Kind, Limited
+from appliance.ratelimit.decisions import Kind, Limited
 from appliance.ratelimit.gcra import Gcra, Rate
 from appliance.ratelimit.keys import account_key, domain_key, ip_key, member_key
 from appliance.ratelimit.limiter import Limiter, SenderLimits
 
 __all__ = [
-    "CLOSES_CONNECTION",
     "Gcra",
     "Kind",
     "Limited",

@@ -20,11 +20,6 @@ class Kind(StrEnum):
     RECIPIENTS = "recipients"  # recipient rate per account
     DAILY = "daily"  # messages per UTC day per account
     RECIPIENTS_PER_MESSAGE = "recipients_per_message"  # relay.max_recipients
-    HELD = "held"  # abuse brake
-
-
-# Kinds answered with 421 and a closed connection; the others with 450/452.
-CLOSES_CONNECTION = frozenset({Kind.CONNECTIONS, Kind.CONNECTION_RATE, Kind.AUTH_FAILURES})
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,7 +207,7 @@ class Limiter:
 
     def commit(self, s: SenderLimits) -> int:
         """The reserved message is on disk: count it against the daily quota. Returns today's count."""
-        if s.per_day or s.key.startswith("acct:"):
+        if s.key.startswith("acct:"):  # kept for every account, so `appliance user limits` can show it
             return self.store.add_daily(s.key, self.clock.time())
         return 0
 

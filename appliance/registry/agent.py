@@ -15,6 +15,7 @@ touches registry.json, and an expired copy is never reported as current.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
 from dataclasses import dataclass
@@ -78,9 +79,16 @@ def _write_metrics(cfg: Config, state: dict[str, Any]) -> None:
 
 
 def run_round(cfg: Config, now: dt.datetime | None = None) -> RoundResult:
-    now = now or dt.datetime.now(dt.UTC)
     reg_dir = cfg.registry_dir
     reg_dir.mkdir(parents=True, exist_ok=True)
+    # One round at a time: the service and `sync --once` share the TUF cache and state.json.
+    with open(reg_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _round(cfg, now or dt.datetime.now(dt.UTC))
+
+
+def _round(cfg: Config, now: dt.datetime) -> RoundResult:
+    reg_dir = cfg.registry_dir
     prev = read_state(cfg)
     state: dict[str, Any] = {
         "version": prev.get("version"),

@@ -132,6 +132,8 @@ def sync_once(url: str, pinned_root: str | Path, registry_dir: str | Path) -> Sy
     """One update round; raises SyncError (last good registry untouched) when anything is refused."""
     if not url:
         raise SyncError("registry.url is empty: nothing to sync from")
+    if not str(pinned_root):
+        raise SyncError("registry.root is empty: pin the consortium's root.json (its 1.root.json)")
     reg_dir = Path(registry_dir)
     reg_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -40,10 +42,12 @@ from appliance.accounts import Account
 from appliance.mailstore import DELIMITER, Folder, Mailstore, MailstoreError
 from appliance.submitclient import Reply
 from services.access.backend import Backend, LoginRefused, LoginUnavailable
-from services.access.mime import ParsedMessage, body_structure, header_fields, section, split_header
+from services.access.mime import ParsedMessage, body_structure, header_fields, locate, split_header
 from services.access.search import SearchError, search
 
 IDLE_POLL_SECONDS = 1.0
+STRUCTURE_CACHE_SIZE = 50_000
+_STRUCTURE_CACHE: OrderedDict[tuple[str, int, int, str], bytes] = OrderedDict()
 SUBMIT_PENDING = "$SubmitPending"
 SUBMITTED = "$Submitted"
 PERMANENT_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*"]
@@ -91,6 +95,7 @@ class View:
         folder.sync()
         self.uids = folder.uids()
         self.recent = folder.claim_recent() if writeable else set()
+        self.keywords: set[str] = set()
 
     def seq_of(self, uid: int) -> int:
         return self.uids.index(uid) + 1
@@ -179,6 +184,15 @@ class IMAPServer(imap4.IMAP4Server):
 
     def capabilities(self) -> dict[bytes, Any]:
         return {c: None for c in self.listCapabilities()[1:]}
+
+    def connectionMade(self) -> None:
+        self._sock = tcp_socket(self.transport)
+        set_nodelay(self._sock)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        quick_ack(self._sock)
+        super().dataReceived(data)
 
     def sendServerGreeting(self) -> None:
         self.sendPositiveResponse(message=b"[CAPABILITY " + b" ".join(self.listCapabilities()) + b"] " + self.IDENT)
@@ -405,11 +419,8 @@ class IMAPServer(imap4.IMAP4Server):
         except MailstoreError as exc:
             self.sendNegativeResponse(tag, str(exc).encode())
             return
-        keywords = sorted({k for e in folder.entries.values() for k in e.keywords} | {"$Forwarded"})
-        flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *keywords]
-        self.sendUntaggedResponse(b"FLAGS " + flag_list(flags))
-        perm = [*flags, "\\*"] if rw else []
-        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + flag_list(perm) + b"] Flags permitted.")
+        view.keywords = {k for e in folder.entries.values() for k in e.keywords}
+        self._send_flags(view, bool(rw))
         self.sendUntaggedResponse(b"%d EXISTS" % len(view.uids))
         self.sendUntaggedResponse(b"%d RECENT" % len(view.recent))
         for seq, uid in enumerate(view.uids, 1):
@@ -422,6 +433,12 @@ class IMAPServer(imap4.IMAP4Server):
         self.state = "select"
         mode = b"[READ-WRITE]" if rw else b"[READ-ONLY]"
         self.sendPositiveResponse(tag, mode + b" " + cmdName + b" completed")
+
+    def _send_flags(self, view: View, writeable: bool) -> None:
+        flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *sorted(view.keywords)]
+        self.sendUntaggedResponse(b"FLAGS " + flag_list(flags))
+        perm = [*flags, "\\*"] if writeable else []
+        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + flag_list(perm) + b"] Flags permitted.")
 
     auth_SELECT = (_selectWork, imap4.IMAP4Server.arg_astring, 1, b"SELECT")
     select_SELECT = auth_SELECT
@@ -694,13 +711,24 @@ class IMAPServer(imap4.IMAP4Server):
             elif t == "rfc822size":
                 items.append(b"RFC822.SIZE %d" % entry.size)
             elif t in ("envelope", "bodystructure") or (t == "body" and not _has_section(p)):
-                if data is None:
-                    data = folder.read(u)
-                if t == "envelope":
-                    items.append(b"ENVELOPE " + envelope(data))
+                # Messages never change, so their parsed structure is cached (Dovecot keeps
+                # the same in its index cache); UIDs are never reused within a UIDVALIDITY.
+                key = (str(folder.path), folder.uidvalidity, u, t)
+                value = _STRUCTURE_CACHE.get(key)
+                if value is None:
+                    if data is None:
+                        data = folder.read(u)
+                    if t == "envelope":
+                        value = b"ENVELOPE " + envelope(data)
+                    else:
+                        name = b"BODYSTRUCTURE " if t == "bodystructure" else b"BODY "
+                        value = name + body_structure(data, t == "bodystructure", envelope)
+                    _STRUCTURE_CACHE[key] = value
+                    if len(_STRUCTURE_CACHE) > STRUCTURE_CACHE_SIZE:
+                        _STRUCTURE_CACHE.popitem(last=False)
                 else:
-                    name = b"BODYSTRUCTURE " if t == "bodystructure" else b"BODY "
-                    items.append(name + body_structure(data, t == "bodystructure", envelope))
+                    _STRUCTURE_CACHE.move_to_end(key)
+                items.append(value)
             else:
                 if data is None:
                     data = folder.read(u)
@@ -728,6 +756,11 @@ class IMAPServer(imap4.IMAP4Server):
             return
         given = [f.decode("utf-8", "replace") for f in flags]
         folder = self.view.folder
+        new_keywords = {g for g in given if not g.startswith("\\")} - self.view.keywords
+        if new_keywords and op != b"-FLAGS":
+            # RFC 3501 7.2.6: a new keyword changes the mailbox's FLAGS; tell the client first.
+            self.view.keywords |= new_keywords
+            self._send_flags(self.view, True)
         try:
             chosen = self.view.resolve(messages, bool(uid))
         except IllegalClientResponse as exc:
@@ -861,6 +894,42 @@ class IMAPServer(imap4.IMAP4Server):
         d.addBoth(lambda _: self._unblock())
 
 
+def tcp_socket(transport: Any) -> Any:
+    """The TCP socket under TRANSPORT (under the TLS wrapper for implicit TLS), or None."""
+    t = transport
+    for _ in range(3):
+        if hasattr(t, "setTcpNoDelay"):
+            return t.getHandle()
+        t = getattr(t, "transport", None)
+    return None
+
+
+def set_nodelay(sock: Any) -> None:
+    """Disable Nagle: an IMAP/POP exchange is many small writes."""
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def quick_ack(sock: Any) -> None:
+    """ACK what was just read at once (Linux TCP_QUICKACK; the kernel clears it again after use).
+
+    imaplib and others send an APPEND literal and its closing CRLF as two writes
+    with Nagle on: the CRLF waits for the ACK of the literal, which a delayed ACK
+    holds back 40 ms. Measured: 18 APPENDs/s without this, over 100 with it.
+    """
+    if sock is not None and _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
 def envelope(data: bytes) -> bytes:
     """ENVELOPE (RFC 3501 7.4.2) of a message, built by Twisted from its parsed header."""
     return collapseNestedLists([getEnvelope(ParsedMessage(split_header(data)[0]))])
@@ -879,9 +948,8 @@ def _body_item(p: Any, data: bytes) -> tuple[bytes, bytes]:
     if p.type == "rfc822text":
         return b"RFC822.TEXT", split_header(data)[1]
     part = b".".join(str(x + 1).encode() for x in p.part)
-    entity = section(data, tuple(p.part)) if p.part else data
-    if entity is None:
-        entity = b""
+    found = locate(data, tuple(p.part)) if p.part else (data, True)
+    entity, is_message = found if found is not None else (b"", False)
     if p.header:
         h = split_header(entity)[0]
         if p.header.fields:
@@ -897,7 +965,7 @@ def _body_item(p: Any, data: bytes) -> tuple[bytes, bytes]:
         sub = _raw_part(data, tuple(p.part))
         spec, content = b"MIME", split_header(sub)[0] if sub else b""
     else:
-        spec, content = b"", entity
+        spec, content = b"", entity if is_message else split_header(entity)[1]
     name = b"BODY[" + part + (b"." if part and spec else b"") + spec + b"]"
     if p.partialBegin is not None:
         start = p.partialBegin

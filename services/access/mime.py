@@ -87,21 +87,57 @@ def subparts(entity: bytes) -> list[bytes] | None:
     return parts
 
 
-def section(entity: bytes, path: tuple[int, ...]) -> bytes | None:
-    """The part at 0-based PATH (RFC 3501: a non-multipart message has part 1, itself)."""
+def _is_message(entity: bytes) -> bool:
+    return _content_type(split_header(entity)[0]).strip().lower().startswith(b"message/rfc822")
+
+
+def locate(data: bytes, path: tuple[int, ...]) -> tuple[bytes, bool] | None:
+    """The entity at 0-based PATH and whether it is a whole message (RFC 3501 6.4.5 part numbering).
+
+    A message/rfc822 part stands for the message it carries; part 1 of a
+    non-multipart entity is its body.
+    """
+    entity, is_message = data, True
     for p in path:
         parts = subparts(entity)
         if parts is None:
             if p != 0:
                 return None
-            header, body = split_header(entity)
-            # Part 1 of a non-multipart entity is its body; of message/rfc822 the message.
-            entity = body
+            entity, is_message = b"\r\n" + split_header(entity)[1], False
             continue
         if p >= len(parts):
             return None
-        entity = parts[p]
-    return entity
+        child = parts[p]
+        if _is_message(child):
+            entity, is_message = split_header(child)[1], True
+        else:
+            entity, is_message = child, False
+    return entity, is_message
+
+
+def section(data: bytes, path: tuple[int, ...]) -> bytes | None:
+    """BODY[PATH] content: a carried message whole, any other part without its MIME header."""
+    found = locate(data, path)
+    if found is None:
+        return None
+    entity, is_message = found
+    return entity if is_message else split_header(entity)[1]
+
+
+def text_parts(data: bytes) -> list[str]:
+    """Decoded text of the leaf parts (for SEARCH BODY/TEXT, as Dovecot searches decoded text)."""
+    out = []
+    for part in message_from_bytes(data, policy=compat32).walk():
+        if part.is_multipart():
+            continue
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        if part.get_content_maintype() == "text" or not part.get_content_maintype():
+            out.append(payload.decode(part.get_content_charset() or "utf-8", "replace"))
+        else:
+            out.append(payload.decode("latin-1"))
+    return out
 
 
 class ParsedMessage:

@@ -17,6 +17,7 @@ from appliance.accounts import Account
 from appliance.mailstore import Folder, MailstoreError
 from appliance.submitclient import Reply
 from services.access.backend import Backend, LoginRefused, LoginUnavailable
+from services.access.imap import quick_ack, set_nodelay, tcp_socket
 
 
 class POP3Server(basic.LineReceiver, policies.TimeoutMixin):
@@ -42,6 +43,8 @@ class POP3Server(basic.LineReceiver, policies.TimeoutMixin):
     # --- plumbing ---------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._sock = tcp_socket(self.transport)
+        set_nodelay(self._sock)
         self.setTimeout(self.timeOut)
         self.ok(b"POP3 ready")
 
@@ -74,6 +77,10 @@ class POP3Server(basic.LineReceiver, policies.TimeoutMixin):
                 self.waiting.append(line)
             else:
                 self.lineReceived(line)
+
+    def dataReceived(self, data: bytes) -> None:
+        quick_ack(self._sock)  # see services/access/imap.py quick_ack
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.mail.imap4 import parseIdList
 
 from appliance.mailstore import Folder, MailstoreError
-from services.access.mime import ParsedMessage, split_header
+from services.access.mime import ParsedMessage, split_header, text_parts
 
 
 class SearchError(ValueError):
@@ -70,6 +70,10 @@ class Candidate:
             self._parsed = ParsedMessage(split_header(self.data)[0])
         values = self._parsed.msg.get_all(name) or []
         return "\n".join(_decoded(str(v)) for v in values)
+
+    def texts(self) -> list[str]:
+        """Decoded text of the body parts (MIME headers and transfer encodings excluded)."""
+        return text_parts(self.data)
 
     def internal_day(self) -> dt.date:
         return dt.date.fromtimestamp(self.folder.internal_date(self.uid))
@@ -156,9 +160,12 @@ class Program:
             name, value = _text(q.pop(0)), _text(q.pop(0))
             return bool(c.header(name)) and value in c.header(name).lower() if value else bool(c.header(name))
         if key == b"BODY":
-            return _text(q.pop(0) if q else None).encode() in split_header(c.data)[1].lower()
+            needle = _text(q.pop(0) if q else None)
+            return any(needle in t.lower() for t in c.texts())
         if key == b"TEXT":
-            return _text(q.pop(0) if q else None).encode() in c.data.lower()
+            needle = _text(q.pop(0) if q else None)
+            head = split_header(c.data)[0].decode("utf-8", "replace").lower()
+            return needle in head or any(needle in t.lower() for t in c.texts())
         raise SearchError(f"unknown search key {key.decode('ascii', 'replace')}")
 
 

@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 
-from appliance.config import ConfigError, load
+from appliance.config import Config, ConfigError, load
 
 EXIT_CONFIG = 2
 
@@ -24,14 +25,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def serve(cfg: object) -> int:
+async def serve(cfg: Config) -> int:
     from services.relay.app import RelayApp, StartupError
+    from services.relay.tls import TlsSetupError
 
     try:
-        app = RelayApp(cfg)  # type: ignore[arg-type]
+        app = RelayApp(cfg)
         await app.start()
-    except StartupError as exc:
+    except (StartupError, TlsSetupError) as exc:
         print(f"relay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, sqlite3.Error) as exc:
+        print(f"relay: cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

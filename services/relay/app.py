@@ -21,6 +21,7 @@ from appliance.policy import pipeline as policy_pipeline
 from appliance.ratelimit import runtime as limits_runtime
 from appliance.spool import Spool
 from services.relay.internal import InternalSMTP
+from services.relay.pinned_tls import PinnedClientCertContext
 from services.relay.registry_watch import RegistryHolder
 from services.relay.smtp import RelayHandler, RelaySMTP
 from services.relay.tls import server_context
@@ -38,14 +39,15 @@ class RelayApp:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
+        # Files that must be usable first: a bad one stops the relay with one line.
+        self.tls_plain: ssl.SSLContext = server_context(cfg)
+        self.tls_client_cert = PinnedClientCertContext(cfg.tls.cert, cfg.tls.key)
+        self.signer = self._signer(cfg)
         self.accounts = AccountStore(cfg.paths.accounts_db)
         self.registry = RegistryHolder(cfg.registry_dir)
         self.registry.reload(force=True)
         self.pipeline = policy_pipeline.build(policy_pipeline.PolicyContext(cfg, self.accounts))
         self.handler = RelayHandler(self)
-        self.tls_plain: ssl.SSLContext = server_context(cfg)
-        self.tls_client_cert: ssl.SSLContext = server_context(cfg, request_client_cert=True)
-        self.signer = self._signer(cfg)
         self.spool = Spool(Path(cfg.paths.spool_dir))
         self.delivery: DeliveryManager | None = None
         self.sessions: set[RelaySMTP] = set()

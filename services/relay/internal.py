@@ -13,6 +13,7 @@ peer uid (SO_PEERCRED) must be allowed (policy/internal_peer.py):
 from __future__ import annotations
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 from appliance.policy.session import Session as PolicySession
 from appliance.policy.verdicts import (
@@ -26,6 +27,9 @@ from appliance.policy.verdicts import (
 )
 from services.relay.smtp import RelaySMTP
 
+if TYPE_CHECKING:
+    from services.relay.app import RelayApp
+
 PROTOCOLS = {"IMAP": "imap", "POP": "pop", "POP3": "pop", "SMTP": "smtp"}
 
 
@@ -38,8 +42,8 @@ def _ip(text: str) -> str | None:
 
 
 class InternalSMTP(RelaySMTP):
-    def __init__(self, app: object, **kw: object) -> None:
-        super().__init__(app, "internal", starttls=False, implicit_tls=False)  # type: ignore[arg-type]
+    def __init__(self, app: RelayApp) -> None:
+        super().__init__(app, "internal", starttls=False, implicit_tls=False)
 
     async def smtp_XUSER(self, arg: str | None) -> None:
         ps = self.psession
@@ -63,7 +67,9 @@ class InternalSMTP(RelaySMTP):
         ps.protocol = proto  # type: ignore[assignment]
         await self.reply(XUSER_OK.verdict(login=account.address))
 
-    def _probe(self, arg: str | None, verb: str) -> PolicySession | None:
+    @staticmethod
+    def _probe(arg: str | None) -> PolicySession | None:
+        """A session standing for the IMAP/POP client at the given address (for the limiter)."""
         parts = (arg or "").split()
         ip = _ip(parts[0]) if parts and len(parts) <= 2 else None
         if ip is None:
@@ -72,7 +78,7 @@ class InternalSMTP(RelaySMTP):
         return PolicySession(listener="internal", client_ip=ip, protocol=proto)  # type: ignore[arg-type]
 
     async def smtp_XAUTHCHECK(self, arg: str | None) -> None:
-        probe = self._probe(arg, "XAUTHCHECK")
+        probe = self._probe(arg)
         if probe is None:
             await self.reply(XAUTH_SYNTAX.verdict(verb="XAUTHCHECK"))
             return
@@ -80,7 +86,7 @@ class InternalSMTP(RelaySMTP):
         await self.push(verdict.reply() if verdict else XAUTHCHECK_OK.reply())
 
     async def smtp_XAUTHFAIL(self, arg: str | None) -> None:
-        probe = self._probe(arg, "XAUTHFAIL")
+        probe = self._probe(arg)
         if probe is None:
             await self.reply(XAUTH_SYNTAX.verdict(verb="XAUTHFAIL"))
             return

@@ -44,6 +44,6 @@ appliance-config:
     - mode: '0640'
     - check_cmd: {{ appliance.venv }}/bin/python -m appliance.config --check
     - require:
-      - cmd: appliance-pillar-valid
+      - file: appliance-pillar-valid
       - file: appliance-tls-selfsigned-files
       - file: appliance-dkim-key

@@ -106,6 +106,16 @@ def inbox_files(box: Box, user: str) -> list[Path]:
     return sorted([*(base / "new").iterdir(), *(base / "cur").iterdir()])
 
 
+def inbox_messages(box: Box, user: str) -> list[bytes]:
+    """Contents of USER's INBOX files (the access service may move new/ to cur/ meanwhile: retry)."""
+    for _ in range(50):
+        try:
+            return [f.read_bytes() for f in inbox_files(box, user)]
+        except FileNotFoundError:
+            continue
+    raise AssertionError(f"{user}'s Maildir kept changing")
+
+
 def message(sender: str, to: str, subject: str, body: str = "Hello.\r\n", extra: str = "") -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\n{extra}Subject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}"
             f"@test>\r\nDate: Mon, 30 Nov 2026 12:00:00 +0000\r\n\r\n{body}").encode()

@@ -63,8 +63,8 @@ class RawIMAP:
         if literal is not None:
             self.sock.sendall(tag + b" " + cmd + b" {%d}\r\n" % len(literal))
             first = self.read_response()
-            if not first.startswith(b"+"):
-                return [], first
+            if first.startswith(tag + b" "):  # refused before the literal was sent
+                return [], first[len(tag) + 1 :]
             self.sock.sendall(literal + b"\r\n")
         else:
             self.sock.sendall(tag + b" " + cmd + b"\r\n")
@@ -149,15 +149,25 @@ def _code(text: bytes) -> Token:
         return [name]
     if name in (b"APPENDUID", b"COPYUID"):
         return [name, *parts[2:]]  # drop the UIDVALIDITY, keep the UIDs
-    if name in (b"CAPABILITY", b"PERMANENTFLAGS", b"UNSEEN", b"HIGHESTMODSEQ"):
-        return None  # implementation detail, compared elsewhere or not at all
+    if name in (b"CAPABILITY", b"PERMANENTFLAGS", b"UNSEEN", b"HIGHESTMODSEQ", b"NONEXISTENT", b"CLOSED"):
+        # CAPABILITY/PERMANENTFLAGS/UNSEEN are informative; NONEXISTENT (RFC 5530) is an optional
+        # detail Dovecot leaves out; CLOSED/HIGHESTMODSEQ belong to CONDSTORE, which only Dovecot has.
+        return None
     return parts
 
 
 def normalize(untagged: list[bytes], tagged: bytes) -> tuple[Any, ...]:
     status, _, text = tagged.partition(b" ")
     out: list[Any] = []
+    codes: list[Any] = []
     for r in untagged:
+        first = r[2:].split(b" ", 1)[0].upper()
+        if first in (b"OK", b"NO", b"BAD", b"BYE"):
+            # Status responses: only the response code is comparable, the text is free-form.
+            code = _code(r[2 + len(first) + 1 :])
+            if code is not None:
+                codes.append((first, code))
+            continue
         toks = tokenize(r[2:]) if r.startswith(b"* ") else [r]
         if len(toks) >= 2 and toks[1] in (b"FETCH",):
             out.append((b"FETCH", toks[0], _fetch_items(toks[2])))
@@ -165,10 +175,6 @@ def normalize(untagged: list[bytes], tagged: bytes) -> tuple[Any, ...]:
             out.append((toks[1], toks[0]))
         elif len(toks) >= 2 and toks[1] == b"RECENT":
             continue
-        elif toks and toks[0] in (b"OK", b"NO", b"BAD"):
-            code = _code(r[2 + len(toks[0]) + 1 :])
-            if code is not None:
-                out.append((toks[0], code))
         elif toks and toks[0] in (b"SEARCH",):
             out.append((b"SEARCH", sorted(int(x) for x in toks[1:])))
         elif toks and toks[0] == b"FLAGS":
@@ -179,4 +185,5 @@ def normalize(untagged: list[bytes], tagged: bytes) -> tuple[Any, ...]:
             out.append((b"STATUS", toks[1], dict(zip(toks[2][::2], toks[2][1::2], strict=True))))
         else:
             out.append(tuple(toks))
-    return (status.upper(), _code(text), sorted(out, key=repr))
+    # Order matters for EXPUNGE and FETCH; the informative OK codes may come in any order.
+    return (status.upper(), _code(text), out, sorted(codes, key=repr))

@@ -65,3 +65,22 @@ def test_unreadable_uid_list_gets_a_new_uidvalidity(tmp_path: Path) -> None:
     after = _fresh_view(root)
     assert after.uidvalidity != before  # clients must drop their caches (RFC 3501 2.3.1.1)
     assert after.uids() == [1]
+
+
+def test_uids_survive_a_lost_list_append(tmp_path: Path) -> None:
+    """The list is not fsynced per APPEND; the UID in the file name is the durable copy."""
+    root = tmp_path / "dave"
+    Mailstore(root, [], "").ensure()
+    f = _fresh_view(root)
+    uids = [f.add(b"Subject: %d\r\n\r\nx\r\n" % i) for i in range(3)]
+    _deliver(root, "9.z.host", b"Subject: delivered\n\nx\n")
+    f.sync()
+    uids.append(max(f.uids()))
+    validity = f.uidvalidity
+    # A crash that kept the files but lost the list's appended records.
+    lines = (root / "appliance-uidlist").read_text().splitlines()
+    (root / "appliance-uidlist").write_text(lines[0] + "\n")
+    store_mod._folders.clear()
+    again = _fresh_view(root)
+    assert again.uidvalidity == validity and again.uids() == uids
+    assert again.add(b"Subject: next\r\n\r\nx\r\n") == uids[-1] + 1  # never reused

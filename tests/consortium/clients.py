@@ -96,19 +96,20 @@ def cmd_smtp_send(a: argparse.Namespace) -> dict[str, Any]:
                 "results": []}
     with s:
         for i in range(a.count):
-            tag = f"{a.tag}-{i}" if a.tag else ""
+            tag = f"{a.tag}-{i}" if a.tag and a.count > 1 else a.tag
             msg = make_message(a.sender, a.to, f"{a.subject} {i}", a.body, tag, a.from_header)
             try:
-                s.mail(a.sender)
-                bad = None
-                for r in a.to:
+                code, text = s.mail(a.sender)
+                bad = (code, text) if code >= 300 else None
+                for r in a.to if bad is None else []:
                     code, text = s.rcpt(r)
                     if code >= 300:
                         bad = (code, text)
                         break
                 if bad:
                     s.rset()
-                    results.append({"tag": tag, "code": bad[0], "text": bad[1].decode(errors="replace"), "stage": "rcpt"})
+                    results.append({"tag": tag, "code": bad[0], "text": bad[1].decode(errors="replace"),
+                                    "stage": "envelope"})
                     continue
                 code, text = s.data(msg)
                 results.append({"tag": tag, "code": code, "text": text.decode(errors="replace"), "stage": "data"})

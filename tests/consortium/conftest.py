@@ -1,4 +1,4 @@
-"""One consortium per test module: building it costs seconds, every scenario shares it."""
+"""One consortium for the whole package: building it costs seconds, every scenario shares it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from tests.consortium.harness import Consortium, copy_tree_logs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
     if os.geteuid() != 0:
         pytest.fail("the consortium scenarios need root (network namespaces): run `make consortium` as root")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import xmlrpc.client
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -369,6 +370,21 @@ class Consortium:
     def greeting(self, where: str, box: Appliance) -> dict[str, Any]:
         return self.client(where, "greeting", "--host", box.address, "--port", str(box.port("mx")))
 
+    def wait_greeting(self, where: str, box: Appliance, code: int, timeout: float = 15) -> dict[str, Any]:
+        """The greeting WHERE gets from BOX once it is CODE (the relay re-reads registry.json every 2 s)."""
+        last: dict[str, Any] = {}
+
+        def check() -> bool:
+            nonlocal last
+            last = self.greeting(where, box)
+            return last["code"] == code
+
+        try:
+            wait_for(f"{box.name} to greet {where} with {code}", check, timeout, interval=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: last greeting {last}") from None
+        return last
+
     # -- load and crashes ------------------------------------------------------------------
 
     def start_load(self, where: str, box: Appliance, senders: list[str], rcpts: list[str], count: int,
@@ -420,8 +436,12 @@ class Consortium:
             # window it may give up (FATAL): start it again explicitly, as an operator would.
             time.sleep(0.5)
             info = (supervision.process_info(cfg) or {}).get("relay", {})
-            if info.get("statename") in ("FATAL", "EXITED", "STOPPED"):
-                supervision.proxy(cfg).supervisor.startProcess("relay", False)
+            if info.get("statename") == "FATAL":
+                try:
+                    supervision.proxy(cfg).supervisor.startProcess("relay", False)
+                except xmlrpc.client.Fault as exc:
+                    if "ALREADY_STARTED" not in exc.faultString:
+                        raise
         wait_for(f"{box.name} relay RUNNING after the last kill", lambda: box.service_pid("relay"), 60)
         return kills
 

@@ -24,16 +24,18 @@ def tags_in(files: list[Path]) -> list[str]:
     return out
 
 
-def wait_delivered(box: Appliance, address: str, tags: set[str], timeout: float = 120) -> list[str]:
+def wait_delivered(box: Appliance, address: str, tags: set[str], timeout: float = 120,
+                   interval: float = 0.25) -> list[str]:
     def arrived() -> list[str] | None:
         got = tags_in(box.inbox_files(address))
         return got if tags <= set(got) else None
 
     try:
-        return wait_for(f"{sorted(tags)} in {address}'s INBOX at {box.name}", arrived, timeout)
+        return wait_for(f"{len(tags)} messages in {address}'s INBOX at {box.name}", arrived, timeout, interval)
     except AssertionError as exc:
         queue = [p.name for p in box.queue_files()]
-        raise AssertionError(f"{exc}; got {tags_in(box.inbox_files(address))}; {box.name} queue {queue}") from None
+        missing = sorted(tags - set(tags_in(box.inbox_files(address))))
+        raise AssertionError(f"{exc}; missing {missing[:20]}; {box.name} queue {queue[:20]}") from None
 
 
 def imap_args(box: Appliance, user: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from appliance.registry.agent import run_round
+from tests.conftest import require
 from tests.helpers.box import Box
 from tests.helpers.netns import Net
-from tests.registry.conftest import Operator, point_box
+from tests.registry.conftest import Operator, greeting_verdict, point_box, relay_running
 
 
 def own_registry(box: Box) -> Operator:
@@ -67,9 +69,9 @@ def test_agent_under_supervisor_picks_up_a_suspension(box: Box) -> None:
 
 def test_expired_last_good_registry_is_reported_and_never_trusted(box: Box) -> None:
     cfg = box.cfg
-    # The registry server is gone; the trusted copy's metadata runs out a week later.
+    # The registry server is gone; the trusted copy's metadata (90 days on a dev box) runs out.
     shutil.rmtree(box.dir / "registry-repo" / "public")
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=8)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=100)
     res = run_round(cfg, now=later)
     assert not res.ok and "download failed" in res.message
     state = json.loads((cfg.registry_dir / "state.json").read_text())
@@ -79,6 +81,25 @@ def test_expired_last_good_registry_is_reported_and_never_trusted(box: Box) -> N
     assert (cfg.registry_dir / "registry.json").exists()  # kept: customers' routing still needs domains
     metrics = (cfg.registry_dir / "metrics.prom").read_text()
     assert "appliance_registry_expired 1.0" in metrics
+
+
+@pytest.mark.peers
+def test_members_get_421_once_the_last_good_registry_expires_and_customers_do_not(box: Box) -> None:
+    require("swaks")
+    alice = box.add_user("alice")
+    cfg = box.cfg
+    member = cfg.listeners.mx.host
+    with relay_running(box, up=False):
+        assert greeting_verdict(box, member, alice) == "accepted"
+        shutil.rmtree(box.dir / "registry-repo" / "public")  # the registry server is gone...
+        assert not run_round(cfg, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=100)).ok  # ...for 100 days
+        wait_for(lambda: greeting_verdict(box, member, alice) == "421 4.7.0", "members refused with 421")
+        # Customers are unaffected: authenticated submission still queues.
+        sub = cfg.listeners.submission
+        out = subprocess.run(["swaks", "--server", f"{sub.host}:{sub.port}", "--tls", "--auth", "PLAIN",
+                              "--auth-user", alice, "--auth-password", box.passwords[alice], "--from", alice,
+                              "--to", alice, "--timeout", "30"], capture_output=True, text=True, timeout=60).stdout
+        assert "250 2.0.0" in out and "queued" in out, out
 
 
 @pytest.mark.root
@@ -92,9 +113,9 @@ def test_firewall_set_lists_active_members_only(box: Box) -> None:
     try:
         fw = net.add_host("fw", 2)
         # What the firewall state sets up on a real box.
-        table = ("table inet appliance { set consortium_v4 { type ipv4_addr; flags interval; } "
-                 "set consortium_v6 { type ipv6_addr; flags interval; } }")
-        fw.run("nft", table, check=True)
+        table = ("table inet appliance {\n  set consortium_v4 { type ipv4_addr; flags interval; }\n"
+                 "  set consortium_v6 { type ipv6_addr; flags interval; }\n}\n")
+        fw.run("nft", "-f", "-", input=table, check=True)
         res = fw.run(sys.executable, "-m", "appliance", "-c", str(box.config_file), "registry", "sync", "--once")
         assert res.returncode == 0, res.stderr
         v4 = fw.run("nft", "list", "set", "inet", "appliance", "consortium_v4", check=True).stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata
 
+from appliance.tlsfiles import load_cert, make_self_signed, spki_sha256
 from tests.helpers.box import Box
 from tests.registry.conftest import Operator, add_box_member, make_operator, point_box
 
@@ -74,15 +75,22 @@ def test_publish_bumps_versions_and_refuses_without_enough_keys(tmp_path: Path) 
     assert "targets v2" in out and "timestamp v2" in out
     published = json.loads(op.cli("show", "--published", "--json")[1])
     assert published["members"][0]["relays"][0]["spki_sha256"] == [pin]
+    # A pin can also be taken from the member's certificate file.
+    make_self_signed(tmp_path / "isp-a.pem", tmp_path / "isp-a.key", ["mx1.isp-a.example"])
+    op.cli("update-member", "isp-a", "--pin", str(tmp_path / "isp-a.pem"))
+    assert op.draft()["members"][0]["relays"][0]["spki_sha256"] == [pin, spki_sha256(load_cert(tmp_path / "isp-a.pem"))]
+    op.cli("update-member", "isp-a", "--pin", pin, "--no-pins")
+    assert op.draft()["members"][0]["relays"][0]["spki_sha256"] == [pin]
+    op.cli("publish")
     _, out, _ = op.cli("publish", "--timestamp-only")
-    assert "targets v2" in out and "timestamp v3" in out
+    assert "targets v3" in out and "timestamp v4" in out
     # The targets key is on another machine: publishing the member list must stop, not half-sign.
     targets_key = next(op.keys_dir.glob("targets-*.key"))
     targets_key.rename(tmp_path / targets_key.name)
     op.cli("suspend", "isp-a")
     rc, _, err = op.cli("publish", check=False)
     assert rc == 1 and "targets: 0 of the 1 required keys" in err
-    assert Metadata.from_file(str(op.public / "metadata" / "timestamp.json")).signed.version == 3
+    assert Metadata.from_file(str(op.public / "metadata" / "timestamp.json")).signed.version == 4
     # ...and a key others can read is refused outright.
     (tmp_path / targets_key.name).rename(targets_key)
     os.chmod(targets_key, 0o644)

@@ -103,14 +103,14 @@ class DnsServer:
         self.sock.close()
 
 
-def wait_for(pred, timeout: float = 30.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.05):  # type: ignore[no-untyped-def]
     """Poll PRED until truthy (bounded); returns its value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 

@@ -18,11 +18,11 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def test_store_writes_verified_file_and_group_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Count real fsync calls (the system call still happens).
-    calls = {"n": 0}
+    calls: list[int] = []
     real_fsync = os.fsync
 
     def counting_fsync(fd: int) -> None:
-        calls["n"] += 1
+        calls.append(fd)  # list.append is atomic: fsyncs run in several threads
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
@@ -44,11 +44,11 @@ def test_store_writes_verified_file_and_group_commits(tmp_path: Path, monkeypatc
         assert msg.sender == f"s{i}@example.test" and msg.recipients == (f"r{i}@example.test",)
         assert msg.data == b"Subject: %d\r\n\r\nbody\r\n" % i and msg.meta == {"n": i}
     st = spool.stats
-    # Every file is fsynced; the queue directory fsync is shared by each batch.
+    # Every file is fsynced; one queue directory fsync covers a whole batch (or several).
     assert st["file_fsyncs"] == 200 and st["stored"] == 200
-    assert st["dir_fsyncs"] == st["batches"] < 200
+    assert st["dir_fsyncs"] <= st["batches"] < 200
     assert st["largest_batch"] > 1
-    assert calls["n"] == st["file_fsyncs"] + st["dir_fsyncs"]
+    assert len(calls) == st["file_fsyncs"] + st["dir_fsyncs"]
 
 
 def test_store_refuses_empty_recipients(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures of the relay front-end tests: one relay per module, real clients against it."""
+"""Fixtures of the relay front-end tests: one relay for the package, real clients against it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ MAX_SIZE = 20_000
 MAX_RCPTS = 5
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     missing = [t for t in ("swaks",) if shutil.which(t) is None]
     if missing:

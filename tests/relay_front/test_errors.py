@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.box import pids_under
 from tests.relay_front.conftest import swaks
 from tests.relay_front.relay import Relay, make_relay
 
@@ -31,6 +32,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     r.start(module="tests.relay_front.faulty_relay")
     yield r
     r.stop()
+    assert not pids_under(r.dir), "faulty relay left processes behind"
 
 
 def test_internal_errors_answer_451(faulty: Relay) -> None:

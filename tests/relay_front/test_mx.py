@@ -137,34 +137,27 @@ def _apply(relay: Relay, change: Any) -> dict[str, Any]:
 
 
 def test_pinned_member_needs_matching_client_certificate(relay: Relay, tmp_path: Path) -> None:
-    cfg = relay.cfg
-    pin = spki_sha256(load_cert(cfg.tls.cert))  # the member presents the box's certificate (trusted via relay.ca_file)
+    # The member's certificate is self-signed and in no trust store: the registry's pin alone vouches for it.
+    member_cert, member_key = tmp_path / "member.pem", tmp_path / "member.key"
+    make_self_signed(member_cert, member_key, ["mx.member.test"])
+    rogue_cert, rogue_key = tmp_path / "rogue.pem", tmp_path / "rogue.key"
+    make_self_signed(rogue_cert, rogue_key, ["mx.member.test"])
 
     def pin_to(value: str) -> Any:
         return lambda d: d["members"][0]["relays"][0].__setitem__("spki_sha256", [value])
 
-    old = _apply(relay, pin_to(pin))
+    def send(*extra: str, tls: str | None = "--tls") -> str:
+        return swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", *extra, listener="mx",
+                     auth=False, tls=tls, check=None).stdout
+
+    old = _apply(relay, pin_to(spki_sha256(load_cert(member_cert))))
     try:
-        out = swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", listener="mx", auth=False,
-                    check=False)
-        assert "530 5.7.1" in out.stdout
-        out = swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", listener="mx", auth=False,
-                    tls=None, check=False)
-        assert "530 5.7.1" in out.stdout
-        out = swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", "--tls-cert", cfg.tls.cert,
-                    "--tls-key", cfg.tls.key, listener="mx", auth=False, check=True)
-        assert "250 2.0.0 Ok: queued" in out.stdout
-        # A certificate nobody vouches for never gets as far as MAIL.
-        other_cert, other_key = tmp_path / "other.pem", tmp_path / "other.key"
-        make_self_signed(other_cert, other_key, ["rogue.test"])
-        out = swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", "--tls-cert", str(other_cert),
-                    "--tls-key", str(other_key), listener="mx", auth=False, check=False)
-        assert "250 2.0.0 Ok: queued" not in out.stdout
-        # A valid certificate that is not the pinned one is refused.
-        _apply(relay, pin_to("0" * 64))
-        out = swaks(relay, "--from", "a@remote.test", "--to", "alice@example.test", "--tls-cert", cfg.tls.cert,
-                    "--tls-key", cfg.tls.key, listener="mx", auth=False, check=False)
-        assert "554 5.7.1" in out.stdout
+        assert "530 5.7.1" in send()  # STARTTLS without a certificate
+        assert "530 5.7.1" in send(tls=None)  # no TLS at all
+        assert "554 5.7.1" in send("--tls-cert", str(rogue_cert), "--tls-key", str(rogue_key))  # not the pinned key
+        out = send("--tls-cert", str(member_cert), "--tls-key", str(member_key))
+        assert "250 2.0.0 Ok: queued" in out
+        assert "530 5.7.1" not in out and "554" not in out
     finally:
         _apply(relay, lambda d: (d.clear(), d.update(old)))
 
@@ -225,3 +218,23 @@ def test_expired_registry_gives_members_421(relay: Relay) -> None:
             break
         time.sleep(0.1)
     assert greeting.startswith("220"), greeting
+
+
+def test_broken_registry_keeps_last_good_snapshot(relay: Relay) -> None:
+    good = relay.registry_file.read_text()
+    before = relay.log_text().count("not loaded, keeping the previous snapshot")
+    relay.registry_file.write_text('{"members": [{"id": "BROKEN"')
+    try:
+        relay.hup()
+        deadline = time.monotonic() + 10
+        while relay.log_text().count("not loaded, keeping the previous snapshot") <= before:
+            assert time.monotonic() < deadline, "relay did not try the broken registry"
+            time.sleep(0.05)
+        c = mx(relay)  # still a member: the last good snapshot is kept (never fails open, never closes)
+        c.close()
+        c = RawSMTP("127.0.0.1", relay.port("mx"), source="127.0.0.9")
+        assert c.greeting.startswith("554 5.7.1")
+        c.close()
+    finally:
+        relay.registry_file.write_text(good)
+        relay.hup()

@@ -1,18 +1,18 @@
 #!{{ venv }}/bin/python
-"""Validate pillar `appliance:config` (base64 TOML in argv[1]) with appliance.config.
+"""Validate pillar `appliance:config` (rendered to the TOML file in argv[1]) with appliance.config.
 
-Managed by Salt (states/appliance/validate.sls). Exit 2 with one line naming the
-key, as `appliance config check` does for the file.
+Managed by Salt (states/appliance/validate.sls), used as check_cmd. Exit 2 with
+one line naming the key, as `appliance config check` does for the real file.
 """
 
-import base64
 import sys
 import tomllib
 
 from appliance.config import ConfigError, parse
 
 try:
-    parse(tomllib.loads(base64.b64decode(sys.argv[1]).decode()), "pillar appliance:config")
+    with open(sys.argv[1], "rb") as fh:
+        parse(tomllib.load(fh), "pillar appliance:config")
 except (ConfigError, tomllib.TOMLDecodeError) as exc:
     print(exc, file=sys.stderr)
     sys.exit(2)

@@ -46,8 +46,9 @@ def main() -> int:
     try:
         registry = load_registry(path)
     except FileNotFoundError:
-        print(f"appliance-firewall-sync: {path}: no registry yet; port 25 stays closed to members", file=sys.stderr)
-        return 1
+        # Normal before the box joins a consortium: nothing to open yet.
+        print(f"appliance-firewall-sync: {path}: no registry yet; port 25 stays closed to members")
+        return 0
     except (OSError, ValueError, RegistryError) as exc:
         print(f"appliance-firewall-sync: {path}: {exc}; sets left unchanged", file=sys.stderr)
         return 1
