@@ -32,8 +32,9 @@ HOSTNAME_SHORT=appliance
 STATES_APPLY=$REPO/states/apply.sh
 PILLAR=${IMAGE_PILLAR:-$HERE/build-pillar.sls}
 # Debian packages the image needs beyond minbase and beyond what the states install.
+# rsync: Vagrant's rsync synced folders (states/ and the pillars of the Vagrantfile).
 SYSTEM_PACKAGES="linux-image-amd64 systemd systemd-sysv systemd-resolved openssh-server dbus sudo
-  ca-certificates netbase iproute2"
+  ca-certificates netbase iproute2 rsync"
 
 T0=$(date +%s)
 STAGE=setup
@@ -54,9 +55,10 @@ stage() {
   log "stage $STAGE: $2"
 }
 
+OWN_TREE=0   # set once this build holds the lock: never unmount another build's tree
 on_exit() {
   local rc=$?
-  unmount_tree || true
+  if [ "$OWN_TREE" = 1 ]; then unmount_tree || true; fi
   if [ $rc -ne 0 ]; then
     echo "image: FAILED in stage '$STAGE' after $(( $(date +%s) - STAGE_T0 ))s (exit $rc)" >&2
     if [ -n "$STAGE_LOG" ] && [ -s "$STAGE_LOG" ]; then
@@ -154,6 +156,8 @@ if ! flock -n 8; then
   echo "image: another build is running in $BUILD (lock $BUILD/.image.lock)" >&2
   exit 1
 fi
+OWN_TREE=1
+rm -f "$LOGS"/*.log
 
 # --- tree -----------------------------------------------------------------------------------
 stage tree "copy the cached debootstrap minbase tree"

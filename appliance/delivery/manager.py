@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -112,7 +113,10 @@ class DeliveryManager:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
-        self._accounts: AccountStore | None = None
+        # One accounts connection per worker thread (SQLite connections are not shared across threads).
+        self._thread_local = threading.local()
+        self._stores: list[AccountStore] = []
+        self._stores_lock = threading.Lock()
         self._last_control = 0.0
 
     # --- life cycle -------------------------------------------------------------------------
@@ -148,9 +152,11 @@ class DeliveryManager:
             for t in pending:
                 t.cancel()  # its recipients stay unfinished and are retried at the next start
         await asyncio.to_thread(smtpclient.POOL.close_all)
-        if self._accounts is not None:
-            self._accounts.close()
-            self._accounts = None
+        with self._stores_lock:
+            stores, self._stores = self._stores, []
+        for store in stores:
+            with contextlib.suppress(Exception):
+                store.close()  # a worker thread's connection; closing from here is fine once idle
         self.spool.release_lock()
 
     def _load_all(self) -> list[Entry]:
@@ -368,29 +374,26 @@ class DeliveryManager:
                                            policy=smtpclient.TlsPolicy("opportunistic"), helo=helo)
 
     async def _deliver_local(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
-        if self._accounts is None:
-            self._accounts = AccountStore(self.cfg.paths.accounts_db)
-        targets: list[tuple[str, str]] = []
+        return await asyncio.to_thread(self._deliver_local_sync, rcpts, msg)
+
+    def _deliver_local_sync(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
+        """Look up and write every local recipient in one worker-thread hop (SQLite and fsyncs off the loop)."""
+        store = getattr(self._thread_local, "accounts", None)
+        if store is None:
+            store = self._thread_local.accounts = AccountStore(self.cfg.paths.accounts_db)
+            with self._stores_lock:
+                self._stores.append(store)
         out: list[Outcome] = []
         for r in rcpts:
-            owner = self._accounts.owner_of(r)
+            owner = store.owner_of(r)
             if owner is None:
                 out += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
-            else:
-                targets.append((r, owner))
-
-        def write_all() -> list[Outcome]:
-            res = []
-            for r, owner in targets:
-                try:
-                    maildir.deliver(maildir.maildir_path(self.cfg.paths.mail_dir, owner), msg.sender, r, msg.data)
-                    res.append(Outcome(r, "delivered", 250, "2.0.0", f"delivered to maildir of {owner}"))
-                except OSError as exc:
-                    res += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
-            return res
-
-        if targets:
-            out += await asyncio.to_thread(write_all)
+                continue
+            try:
+                maildir.deliver(maildir.maildir_path(self.cfg.paths.mail_dir, owner), msg.sender, r, msg.data)
+                out.append(Outcome(r, "delivered", 250, "2.0.0", f"delivered to maildir of {owner}"))
+            except OSError as exc:
+                out += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
         return out
 
     async def _send_dsn(self, kind: dsn.Kind, msg: SpooledMessage, outcomes: list[Outcome]) -> None:

@@ -123,3 +123,23 @@ def test_box_syncs_over_http_from_registry_serve(box: Box, operator: Operator, t
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_ipv6_relays_and_rotating_a_single_key(tmp_path: Path) -> None:
+    op = make_operator(tmp_path)
+    op.cli("add-member", "--id", "isp-6", "--domain", "isp-6.example", "--relay", "[2001:db8::25]:2525=2001:db8::25+192.0.2.25",
+           "--relay", "mx2.isp-6.example=2001:db8:1::/64")
+    relays = op.draft()["members"][0]["relays"]
+    assert relays[0] == {"host": "2001:db8::25", "port": 2525, "addresses": ["2001:db8::25/128", "192.0.2.25/32"],
+                         "spki_sha256": []}
+    assert relays[1]["port"] == 25 and relays[1]["addresses"] == ["2001:db8:1::/64"]
+    rc, _, err = op.cli("add-member", "--id", "bad", "--domain", "bad.example", "--relay", "mx.bad.example", check=False)
+    assert rc == 1 and "expected HOST[:PORT]=CIDR" in err
+    # A leaked timestamp key: replace just that one; the root moves to version 2, signed by old and new.
+    old_ts = next(op.keys_dir.glob("timestamp-*.key")).name.split("-")[1].split(".")[0]
+    _, out, _ = op.cli("rotate-key", "timestamp", "--replace", old_ts)
+    assert "root version 2" in out and "published" in out
+    assert (op.keys_dir / "retired" / f"timestamp-{old_ts}.key").exists()
+    root = Metadata.from_file(str(op.public / "metadata" / "2.root.json")).signed
+    assert not any(k.startswith(old_ts) for k in root.roles["timestamp"].keyids)
+    assert len(root.roles["root"].keyids) == 3

@@ -180,11 +180,16 @@ def test_registry_changes_picked_up_by_polling(relay: Relay) -> None:
                 break
             time.sleep(0.25)
         assert greeting.startswith("220"), greeting
-        # Suspended members are refused like outsiders.
+        in_flight = mx(relay, source="127.0.0.9")
+        # Suspended members are refused like outsiders...
         _apply(relay, lambda d: d["members"][1].__setitem__("status", "suspended"))
         c = RawSMTP("127.0.0.1", relay.port("mx"), source="127.0.0.9")
         assert c.greeting.startswith("554 5.7.1") and "not active" in c.greeting
         c.close()
+        # ...but a connection that started before the reload keeps its snapshot.
+        assert in_flight.cmd("MAIL FROM:<x@isp-b.test>").startswith("250")
+        assert in_flight.cmd("RCPT TO:<alice@example.test>").startswith("250")
+        in_flight.close()
     finally:
         _apply(relay, lambda d: (d.clear(), d.update(old)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from pathlib import Path
 import dkim
 import pytest
 
+from appliance.accounts import AccountStore
 from tests.relay_front.conftest import MAX_RCPTS, MAX_SIZE, swaks, write
 from tests.relay_front.relay import AUTH_PLAIN_ALICE, PASSWORD, RawSMTP, Relay, client_tls
 
@@ -138,4 +140,21 @@ def test_recipient_cap_and_relaying_for_customers(relay: Relay) -> None:
             assert c.cmd(f"RCPT TO:<{trick}>").startswith("553 5.1.3"), trick
         assert c.cmd("RCPT TO:<nobody-here@example.test>").startswith("550 5.1.1")
     finally:
+        c.close()
+
+
+def test_account_disabled_mid_session_refused_at_next_mail(relay: Relay) -> None:
+    auth_bob = "AUTH PLAIN " + base64.b64encode(f"\0bob@example.test\0{PASSWORD}".encode()).decode()
+    c = RawSMTP.implicit_tls("127.0.0.1", relay.port("submissions"), client_tls(relay))
+    store = AccountStore(relay.cfg.paths.accounts_db)
+    try:
+        c.cmd("EHLO client.test")
+        assert c.cmd(auth_bob).startswith("235")
+        assert c.cmd("MAIL FROM:<bob@example.test>").startswith("250")
+        assert c.cmd("RSET").startswith("250")
+        store.set_disabled("bob@example.test", True)
+        assert c.cmd("MAIL FROM:<bob@example.test>").startswith("550 5.7.1")
+    finally:
+        store.set_disabled("bob@example.test", False)
+        store.close()
         c.close()
