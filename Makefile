@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Real peers the tests drive (see ../shared/PEERS.md and docs/testing.md).
 DEBIAN_TEST_PEERS := swaks postfix dovecot-imapd dovecot-pop3d pebble fetchmail getmail6 \
 	debootstrap qemu-system-x86 qemu-utils systemd-container neomutt curl iproute2 nftables \
-	certbot fdisk grub-pc-bin e2fsprogs python3-venv python3-dev gcc openssl vagrant
+	certbot fdisk grub-pc-bin e2fsprogs python3-venv python3-dev gcc openssl vagrant openssh-client python3-pip
 DEBIAN_RUNTIME := python3-venv
 
 .PHONY: install deps-debian test up down lint docs image consortium clean

@@ -51,7 +51,9 @@ for p in python3 python3-venv python3-dev gcc ca-certificates systemd; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || need+=("$p")
 done
 say "apt-get update"
-apt-get update -q >/dev/null
+# Not fatal: a box without network (a Vagrant box, a re-apply offline) still re-applies
+# with the package lists it has; a package that must be installed then fails visibly.
+apt-get update -q >/dev/null || say "warning: apt-get update failed; using the package lists present"
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]}"
   apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
@@ -96,7 +98,7 @@ fi
 
 # --- 4. the pillar ------------------------------------------------------------------------
 install -d -m 0700 "$PILLAR_DIR"
-install -m 0600 "$PILLAR" "$PILLAR_DIR/appliance.sls"
+[ "$(realpath "$PILLAR")" = "$(realpath -m "$PILLAR_DIR/appliance.sls")" ] || install -m 0600 "$PILLAR" "$PILLAR_DIR/appliance.sls"
 printf "# Written by install.sh.\nbase:\n  '*':\n    - appliance\n" >"$PILLAR_DIR/top.sls"
 
 # --- 5. masterless Salt -------------------------------------------------------------------

@@ -211,6 +211,7 @@ cat >"$TREE/etc/hosts" <<EOF
 EOF
 echo 'LABEL=root / ext4 errors=remount-ro 0 1' >"$TREE/etc/fstab"
 install -m 644 "$HERE/files/20-dhcp.network" "$TREE/etc/systemd/network/20-dhcp.network"
+install -D -m 644 "$HERE/files/resolved-appliance.conf" "$TREE/etc/systemd/resolved.conf.d/appliance.conf"
 quiet in_tree systemctl enable systemd-networkd.service systemd-resolved.service ssh.service
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$TREE/etc/resolv.conf.image"
 # GRUB: the i386-pc modules in /boot/grub, a config that boots the kernel from LABEL=root.

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,9 +24,9 @@ from typing import Any
 
 import dns.asyncresolver
 
-from appliance.accounts import AccountStore
 from appliance.config import Config
-from appliance.delivery import dsn, maildir, smtpclient
+from appliance.delivery import dsn, smtpclient
+from appliance.delivery.local import LocalDelivery
 from appliance.delivery.mx import MxError, mx_hops
 from appliance.delivery.outcome import Outcome, deferred, failed
 from appliance.delivery.routing import Destination, Route, route
@@ -113,10 +112,7 @@ class DeliveryManager:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
-        # One accounts connection per worker thread (SQLite connections are not shared across threads).
-        self._thread_local = threading.local()
-        self._stores: list[AccountStore] = []
-        self._stores_lock = threading.Lock()
+        self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db)
         self._last_control = 0.0
 
     # --- life cycle -------------------------------------------------------------------------
@@ -152,11 +148,7 @@ class DeliveryManager:
             for t in pending:
                 t.cancel()  # its recipients stay unfinished and are retried at the next start
         await asyncio.to_thread(smtpclient.POOL.close_all)
-        with self._stores_lock:
-            stores, self._stores = self._stores, []
-        for store in stores:
-            with contextlib.suppress(Exception):
-                store.close()  # a worker thread's connection; closing from here is fine once idle
+        await asyncio.to_thread(self._local.close)
         self.spool.release_lock()
 
     def _load_all(self) -> list[Entry]:
@@ -374,27 +366,7 @@ class DeliveryManager:
                                            policy=smtpclient.TlsPolicy("opportunistic"), helo=helo)
 
     async def _deliver_local(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
-        return await asyncio.to_thread(self._deliver_local_sync, rcpts, msg)
-
-    def _deliver_local_sync(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
-        """Look up and write every local recipient in one worker-thread hop (SQLite and fsyncs off the loop)."""
-        store = getattr(self._thread_local, "accounts", None)
-        if store is None:
-            store = self._thread_local.accounts = AccountStore(self.cfg.paths.accounts_db)
-            with self._stores_lock:
-                self._stores.append(store)
-        out: list[Outcome] = []
-        for r in rcpts:
-            owner = store.owner_of(r)
-            if owner is None:
-                out += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
-                continue
-            try:
-                maildir.deliver(maildir.maildir_path(self.cfg.paths.mail_dir, owner), msg.sender, r, msg.data)
-                out.append(Outcome(r, "delivered", 250, "2.0.0", f"delivered to maildir of {owner}"))
-            except OSError as exc:
-                out += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
-        return out
+        return await self._local.deliver(rcpts, msg)
 
     async def _send_dsn(self, kind: dsn.Kind, msg: SpooledMessage, outcomes: list[Outcome]) -> None:
         # RFC 5321 4.5.5 / RFC 3464: never to the null sender, never about a DSN.

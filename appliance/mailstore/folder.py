@@ -29,6 +29,7 @@ from pathlib import Path
 UIDLIST = "appliance-uidlist"
 LOCKFILE = "appliance-uidlist.lock"
 VALIDITY_FILE = "appliance-uidvalidity"
+KEYWORDS_FILE = "appliance-keywords"  # every keyword ever used here (IMAP FLAGS keeps them, as Dovecot does)
 
 # Maildir info letters (https://cr.yp.to/proto/maildir.html) <-> IMAP system flags.
 FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
@@ -48,7 +49,8 @@ def _unique_name() -> str:
 
 def crlf(data: bytes) -> bytes:
     """DATA with every line ending as CRLF (IMAP and POP sizes and octets are of this form)."""
-    if b"\n" not in data:
+    lf = data.count(b"\n")
+    if lf == data.count(b"\r\n"):  # already CRLF throughout (APPENDed mail): no copy
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
@@ -108,6 +110,7 @@ class Folder:
 
     def __init__(self, path: Path, name: str) -> None:
         self.path = path
+        self._dir = str(path)
         self.name = name
         self.uidvalidity = 0
         self.next_uid = 1
@@ -296,9 +299,14 @@ class Folder:
 
     def read(self, uid: int) -> bytes:
         """The message with CRLF line endings; MailstoreError if it was expunged meanwhile."""
+        e = self.entries.get(uid)
+        if e is None:
+            raise MailstoreError(f"message {uid} no longer exists")
         try:
-            return crlf(self.file_of(uid).read_bytes())
-        except (KeyError, FileNotFoundError):
+            # Plain strings, not pathlib: this is the hot path of FETCH and RETR.
+            with open(f"{self._dir}/{e.sub}/{e.filename}", "rb") as fh:
+                return crlf(fh.read())
+        except FileNotFoundError:
             raise MailstoreError(f"message {uid} no longer exists") from None
 
     def internal_date(self, uid: int) -> float:
@@ -347,6 +355,8 @@ class Folder:
             self.entries[e.uid] = e
             self.by_base[base] = e.uid
             self._append_list([e], sync=bool(keywords))
+            if keywords:
+                self.define_keywords(keywords)
             self._stamp = self._dir_stamp()
         return e.uid
 
@@ -370,6 +380,7 @@ class Folder:
             if keywords != e.keywords:
                 e.keywords = keywords
                 self._write_list()
+                self.define_keywords(keywords)
             self._stamp = self._dir_stamp()
         return e.flags()
 
@@ -392,6 +403,22 @@ class Folder:
                 self._write_list()
             self._stamp = self._dir_stamp()
         return gone
+
+    def defined_keywords(self) -> set[str]:
+        """Keywords of this folder: those in use plus those defined before (RFC 3501 7.2.6 FLAGS)."""
+        try:
+            defined = set((self.path / KEYWORDS_FILE).read_text().split())
+        except FileNotFoundError:
+            defined = set()
+        return defined | {k for e in self.entries.values() for k in e.keywords}
+
+    def define_keywords(self, keywords: Iterable[str]) -> None:
+        new = set(keywords) - self.defined_keywords()
+        if new:
+            p = self.path / KEYWORDS_FILE
+            tmp = self.path / (KEYWORDS_FILE + ".tmp")
+            tmp.write_text("".join(f"{k}\n" for k in sorted(self.defined_keywords() | new)))
+            os.replace(tmp, p)
 
     def claim_recent(self) -> set[int]:
         """The \\Recent UIDs for the session that claims them (RFC 3501 2.3.2); others see none."""

@@ -54,13 +54,17 @@ class Mailstore:
 
     def ensure(self) -> None:
         """Create INBOX, the special folders and the Outbox, subscribed (idempotent)."""
+        created = not (self.root / SUBSCRIPTIONS).exists()
         _make(self.root)
         subs = self.subscriptions()
         for name in ["INBOX", *self.special, *([self.outbox] if self.outbox else [])]:
-            if name != "INBOX":
-                _make(self._path(name))
-            subs.add(name)
-        self._write_subscriptions(subs)
+            path = self._path(name)
+            if not (path / "cur").is_dir() or created:
+                # Subscribe what is new; a user's later UNSUBSCRIBE is not undone at the next login.
+                _make(path)
+                subs.add(name)
+        if subs != self.subscriptions() or created:
+            self._write_subscriptions(subs)
 
     def _path(self, name: str) -> Path:
         name = check_name(name)
@@ -104,7 +108,7 @@ class Mailstore:
     def create(self, name: str) -> None:
         name = check_name(name.rstrip(DELIMITER))
         if self.exists(name):
-            raise MailstoreError(f"mailbox {name} already exists")
+            raise MailstoreError(f"[ALREADYEXISTS] mailbox {name} already exists")
         _make(self._path(name))
 
     def delete(self, name: str) -> None:
@@ -129,7 +133,7 @@ class Mailstore:
         if not self.exists(old):
             raise MailstoreError(f"no mailbox {old}")
         if self.exists(new):
-            raise MailstoreError(f"mailbox {new} already exists")
+            raise MailstoreError(f"[ALREADYEXISTS] mailbox {new} already exists")
         # Children move with their parent (RFC 3501 6.3.5).
         for n in self.names():
             if n == old or n.startswith(old + DELIMITER):

@@ -103,6 +103,10 @@ class View:
     def resolve(self, ids: MessageSet, by_uid: bool) -> list[tuple[int, int]]:
         """[(seq, uid)] named by IDS; '*' is the largest in use (RFC 3501 6.4.8)."""
         if not self.uids:
+            # RFC 3501 9 (seq-number): a message number beyond the mailbox is an error;
+            # "n:*" is allowed on an empty mailbox.
+            if not by_uid and any(low is not None and high is not None for low, high in ids.ranges):
+                raise IllegalClientResponse("invalid message sequence number: the mailbox is empty")
             return []
         ids.last = self.uids[-1] if by_uid else len(self.uids)
         if by_uid:
@@ -328,7 +332,8 @@ class IMAPServer(imap4.IMAP4Server):
                 continue
             if sub and name not in subs:
                 continue
-            attrs = self.store.attributes(name)
+            # LSUB: a subscription has no child attributes of its own (as Dovecot answers).
+            attrs = [] if sub else self.store.attributes(name)
             self.sendUntaggedResponse(cmdName + b" (" + " ".join(attrs).encode() + b') "' + DELIMITER.encode()
                                       + b'" ' + quote_mbox(name))
         self.sendPositiveResponse(tag, cmdName + b" completed")
@@ -419,7 +424,7 @@ class IMAPServer(imap4.IMAP4Server):
         except MailstoreError as exc:
             self.sendNegativeResponse(tag, str(exc).encode())
             return
-        view.keywords = {k for e in folder.entries.values() for k in e.keywords}
+        view.keywords = folder.defined_keywords()
         self._send_flags(view, bool(rw))
         self.sendUntaggedResponse(b"%d EXISTS" % len(view.uids))
         self.sendUntaggedResponse(b"%d RECENT" % len(view.recent))
@@ -745,6 +750,11 @@ class IMAPServer(imap4.IMAP4Server):
 
     def do_STORE(self, tag: bytes, messages: MessageSet, mode: bytes, flags: list[bytes], uid: int = 0) -> None:
         assert self.view is not None
+        try:
+            chosen = self.view.resolve(messages, bool(uid))
+        except IllegalClientResponse as exc:
+            self.sendBadResponse(tag, str(exc).encode())
+            return
         if not self.view.writeable:
             self.sendNegativeResponse(tag, b"[READ-ONLY] Mailbox is read-only")
             return
@@ -760,12 +770,8 @@ class IMAPServer(imap4.IMAP4Server):
         if new_keywords and op != b"-FLAGS":
             # RFC 3501 7.2.6: a new keyword changes the mailbox's FLAGS; tell the client first.
             self.view.keywords |= new_keywords
+            folder.define_keywords(new_keywords)
             self._send_flags(self.view, True)
-        try:
-            chosen = self.view.resolve(messages, bool(uid))
-        except IllegalClientResponse as exc:
-            self.sendBadResponse(tag, str(exc).encode())
-            return
         for seq, u in chosen:
             entry = folder.entries.get(u)
             if entry is None:
@@ -896,9 +902,11 @@ class IMAPServer(imap4.IMAP4Server):
 
 def tcp_socket(transport: Any) -> Any:
     """The TCP socket under TRANSPORT (under the TLS wrapper for implicit TLS), or None."""
+    from twisted.internet import tcp
+
     t = transport
     for _ in range(3):
-        if hasattr(t, "setTcpNoDelay"):
+        if isinstance(t, tcp.Connection):
             return t.getHandle()
         t = getattr(t, "transport", None)
     return None
@@ -909,7 +917,7 @@ def set_nodelay(sock: Any) -> None:
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
+        except (OSError, AttributeError):
             pass
 
 
@@ -923,7 +931,7 @@ def quick_ack(sock: Any) -> None:
     if sock is not None and _QUICKACK is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        except OSError:
+        except (OSError, AttributeError):
             pass
 
 

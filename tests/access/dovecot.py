@@ -42,8 +42,12 @@ def _hash(password: str) -> str:
     return out.stdout.strip()
 
 
-def start_dovecot(users: dict[str, str], cert: str, key: str) -> Dovecot:
-    """Start Dovecot serving USERS (login -> password), each with an empty Maildir, on 127.0.0.1."""
+def start_dovecot(users: dict[str, str], cert: str, key: str, hashes: dict[str, str] | None = None) -> Dovecot:
+    """Start Dovecot serving USERS (login -> password), each with an empty Maildir, on 127.0.0.1.
+
+    HASHES (login -> "{SCHEME}hash") replaces the default SHA512-CRYPT hash, e.g. to give
+    Dovecot the same argon2id hash the appliance verifies, for a fair login benchmark.
+    """
     if shutil.which("dovecot") is None:
         raise RuntimeError("dovecot is not installed (package dovecot-imapd dovecot-pop3d)")
     # Under /tmp, not pytest's 0700 tree: the mail processes run as nobody and must reach the homes.
@@ -56,7 +60,8 @@ def start_dovecot(users: dict[str, str], cert: str, key: str) -> Dovecot:
         (home / "Maildir").mkdir(parents=True)
         for p in (d / "home", home, home / "Maildir"):
             os.chown(p, 65534, 65534)
-        lines.append(f"{login}:{_hash(password)}:65534:65534::{home}")
+        stored = (hashes or {}).get(login) or _hash(password)
+        lines.append(f"{login}:{stored}:65534:65534::{home}")
     (d / "passwd").write_text("\n".join(lines) + "\n")
     shutil.copy(cert, d / "cert.pem")
     shutil.copy(key, d / "key.pem")

@@ -220,10 +220,16 @@ def test_outbox_append_and_copy_send_and_forged_from_is_an_alert(access_box: Box
     wait_for(lambda: len(inbox_files(access_box, "bob")) > bob_before, "delivery to bob")
     typ, data = m.append("Outbox", None, None, message("mallory@example.test", "bob@example.test", "forged"))
     assert typ == "NO" and data[0].startswith(b"[ALERT]"), data
-    typ, data = m.append("Drafts", None, None, message("alice@example.test", "bob@example.test", "copied draft"))
-    m.select("Drafts")
-    typ, data = m.copy("1:*", "Outbox")
-    assert typ == "OK" or b"exactly one" in data[0]
+    m.create("Outbound")
+    for subject in ("copied one", "copied two"):
+        m.append("Outbound", None, None, message("alice@example.test", "bob@example.test", subject))
+    m.select("Outbound")
+    typ, data = m.copy("1:2", "Outbox")
+    assert typ == "NO" and data[0].startswith(b"[ALERT]")  # one message per command
+    before = len(inbox_files(access_box, "bob"))
+    typ, data = m.copy("2", "Outbox")
+    assert typ == "OK" and data[0].startswith(b"[COPYUID"), data
+    wait_for(lambda: len(inbox_files(access_box, "bob")) > before, "delivery of the copied message")
     m.logout()
 
 
@@ -238,3 +244,42 @@ def test_curl_appends_to_outbox_and_the_message_is_delivered(access_box: Box, tm
     assert proc.returncode == 0, proc.stderr
     wait_for(lambda: len(inbox_files(access_box, "bob")) > bob_before, "delivery to bob")
     assert any(b"sent by curl" in m for m in inbox_messages(access_box, "bob"))
+
+
+class _FromAddress(imaplib.IMAP4_SSL):
+    """imaplib from another loopback source address (the limiter keys on the client address)."""
+
+    source = "127.0.0.2"
+
+    def _create_socket(self, timeout):  # type: ignore[no-untyped-def]
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=None)
+
+
+def test_login_failures_share_the_relays_limiter(access_box: Box) -> None:
+    """XAUTHFAIL after each failure; past the limit even the right password gets NO [LIMIT] (not a plain NO)."""
+    limit = access_box.cfg.limits.auth_failures_per_ip
+    replies = []
+    for _ in range(limit + 1):
+        m = _FromAddress(access_box.host("imaps"), access_box.port("imaps"), ssl_context=access_box.client_tls())
+        try:
+            m.login(f"alice@{access_box.domain}", "wrong password")
+        except imaplib.IMAP4.error as exc:
+            replies.append(str(exc))
+        m.shutdown()
+    assert "AUTHENTICATIONFAILED" in replies[0]
+    m = _FromAddress(access_box.host("imaps"), access_box.port("imaps"), ssl_context=access_box.client_tls())
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[LIMIT\]"):
+        m.login(f"alice@{access_box.domain}", PASSWORD)
+    m.shutdown()
+    imap(access_box).logout()  # other addresses are not affected
+
+
+def test_append_over_the_size_limit_is_no_toobig(access_box: Box) -> None:
+    from tests.access.conftest import MAX_MESSAGE_SIZE
+
+    m = imap(access_box)
+    big = message("alice@example.test", "bob@example.test", "big", body="x" * 998 + "\r\n") * (MAX_MESSAGE_SIZE // 1000 + 5)
+    typ, data = m.append("Drafts", None, None, big)
+    assert typ == "NO" and data[0].startswith(b"[TOOBIG]")
+    m.logout()

@@ -15,6 +15,7 @@ fresh namespace every port is free). Every client (swaks, the scripts in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -180,6 +181,29 @@ class Appliance:
 
 
 @dataclass
+class Load:
+    """A load client running in a namespace; `accepted()` is its live count of 250s."""
+
+    proc: subprocess.Popen[str]
+    progress: Path
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def accepted(self) -> int:
+        try:
+            return int(self.progress.read_text() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def finish(self) -> dict[str, Any]:
+        out, err = self.proc.communicate(timeout=600)
+        if self.proc.returncode != 0:
+            raise AssertionError(f"load client failed ({self.proc.returncode}): {err[-2000:]}")
+        return json.loads(out)
+
+
+@dataclass
 class Consortium:
     """The whole world; build with `Consortium.build(tmp)`, always `teardown()`."""
 
@@ -243,6 +267,7 @@ class Consortium:
             isp_a.cli("user", "alias", "add", colo_login, f"{local}@{colo.domain}")
         self.boxes["isp-b"].add_user("bob")
         isp_a.add_user("carol")
+        isp_a.add_user("dora")  # the rate-limit scenario's customer, with a limiter history of her own
         pw_file = self.boxes["colo"].dir / "etc" / "upstream.pw"
         pw_file.write_text(PASSWORD + "\n")
         os.chmod(pw_file, 0o600)
@@ -388,61 +413,57 @@ class Consortium:
     # -- load and crashes ------------------------------------------------------------------
 
     def start_load(self, where: str, box: Appliance, senders: list[str], rcpts: list[str], count: int,
-                   run_tag: str, rate: float, deadline: float) -> subprocess.Popen[str]:
+                   run_tag: str, deadline: float) -> Load:
+        progress = self.base / f"{run_tag}.progress"
         creds = json.dumps([[s, box.passwords[s]] for s in senders])
         args = [sys.executable, "-m", "tests.consortium.clients", "load", "--host", box.address,
                 "--port", str(PORTS["submission"]), "--cafile", str(box.cert), "--senders", creds,
-                "--count", str(count), "--tag", run_tag, "--rate", str(rate), "--deadline", str(deadline)]
+                "--count", str(count), "--tag", run_tag, "--deadline", str(deadline), "--progress", str(progress)]
         for r in rcpts:
             args += ["--to", r]
-        return self.host(where).popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = self.host(where).popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       cwd=REPO_ROOT)
+        return Load(proc, progress)
 
-    @staticmethod
-    def finish_load(proc: subprocess.Popen[str]) -> dict[str, Any]:
-        out, err = proc.communicate(timeout=600)
-        if proc.returncode != 0:
-            raise AssertionError(f"load client failed ({proc.returncode}): {err[-2000:]}")
-        return json.loads(out)
-
-    def kill_relay_repeatedly(self, box: Appliance, until: Callable[[], bool], min_kills: int,
+    def kill_relay_under_load(self, box: Appliance, load: Load, min_kills: int, every: tuple[int, int],
                               max_kills: int = 40) -> int:
-        """kill -9 BOX's relay (its whole process group) at random moments until UNTIL() and MIN_KILLS.
+        """kill -9 BOX's relay (its whole process group) repeatedly while LOAD runs; returns the kills made.
 
-        Each kill waits for supervisor to have the relay RUNNING again and
-        listening, then a random 0.5-3 s of load, so every kill lands on a relay
-        in the middle of sessions, fsyncs and deliveries.
+        Each kill waits for supervisor to have the relay RUNNING again, then for a
+        random number (within EVERY) of further messages to be accepted, so every
+        kill lands mid-load: in sessions, fsyncs and deliveries in flight.
         """
         import random
         import signal
 
         from appliance import supervision
-        from appliance.config import load
+        from appliance.config import load as load_config
 
-        cfg = load(box.config_file)
+        cfg = load_config(box.config_file)
         kills = 0
-        while kills < max_kills and (kills < min_kills or not until()):
+        while kills < max_kills and load.running():
             pid = wait_for(f"{box.name} relay RUNNING", lambda: box.service_pid("relay"), 60)
-            box.wait_listening(PORTS["submission"])
-            time.sleep(random.uniform(0.5, 3.0))
-            if pid != box.service_pid("relay"):
+            target = load.accepted() + random.randint(*every)
+            wait_for("load progress", lambda t=target: load.accepted() >= t or not load.running(), 120, interval=0.05)
+            if not load.running() or pid != box.service_pid("relay"):
                 continue
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
             kills += 1
-            # supervisor restarts it (autorestart); if a kill landed inside its startsecs
-            # window it may give up (FATAL): start it again explicitly, as an operator would.
+            # supervisor restarts it (autorestart); should it give up (FATAL), start it
+            # again explicitly, as an operator would.
             time.sleep(0.5)
-            info = (supervision.process_info(cfg) or {}).get("relay", {})
-            if info.get("statename") == "FATAL":
+            if (supervision.process_info(cfg) or {}).get("relay", {}).get("statename") == "FATAL":
                 try:
                     supervision.proxy(cfg).supervisor.startProcess("relay", False)
                 except xmlrpc.client.Fault as exc:
                     if "ALREADY_STARTED" not in exc.faultString:
                         raise
         wait_for(f"{box.name} relay RUNNING after the last kill", lambda: box.service_pid("relay"), 60)
+        if kills < min_kills:
+            raise AssertionError(f"only {kills} kills landed during the load (want {min_kills})")
         return kills
 
     # -- teardown --------------------------------------------------------------------------
@@ -464,8 +485,13 @@ class Consortium:
                     proc.kill()
                     proc.wait(10)
         for etc in reversed(self.etc_netns):
-            shutil.rmtree(etc, ignore_errors=True)
-        problems += [f"{etc} left behind" for etc in self.etc_netns if etc.exists()]
+            if etc == Path("/etc/netns"):
+                # Shared by every run on this machine: remove it only if no other run uses it.
+                with contextlib.suppress(OSError):
+                    etc.rmdir()
+            else:
+                shutil.rmtree(etc, ignore_errors=True)
+        problems += [f"{etc} left behind" for etc in self.etc_netns if etc.exists() and etc != Path("/etc/netns")]
         stragglers = self.net.teardown()
         problems += [f"process {p} still running in a namespace after `down`" for p in stragglers]
         problems += self.net.leftovers()

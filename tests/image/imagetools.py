@@ -129,6 +129,7 @@ class BootedImage:
     started: float
     key: Path
     banner_seconds: float = 0.0
+    banner_service: str = ""
     greetings: dict[str, bytes] = field(default_factory=dict)
 
     @property
@@ -226,6 +227,7 @@ def boot_image(qcow2: Path, workdir: Path) -> BootedImage:
         deadline = started + BOOT_TIMEOUT
         vm.wait_greeting(first, deadline)
         vm.banner_seconds = time.monotonic() - started
+        vm.banner_service = first
         for name in ("submission", "imap", "ssh"):
             if name == "ssh" or (name == "submission" and "relay" in built) or (name == "imap" and "access" in built):
                 vm.wait_greeting(name, deadline)

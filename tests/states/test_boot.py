@@ -7,8 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.states.tree import Container, Tree, booted
+from tests.conftest import require
+from tests.states.pebble import running_pebble
+from tests.states.tree import PILLAR_EXAMPLE, Container, Tree, booted
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -85,3 +89,75 @@ def test_booted_box_runs_the_built_services_under_supervisor(applied: Tree, tmp_
         # The firewall is loaded inside the box with the members' set in place.
         assert c.run("nft", "list", "set", "inet", "appliance", "consortium_v4").returncode == 0
         assert c.run("systemctl", "is-failed", "appliance-firewall-sync.service").stdout.strip() != "failed"
+
+        # Re-applying on the running box (systemd up: service.running, supervisorctl, nftables
+        # reload states are live now) from what the box keeps in /opt/appliance: nothing changes,
+        # nothing restarts. The container has no network: apt-get update fails, harmlessly.
+        again = c.run("/opt/appliance/src/install.sh", "/opt/appliance/pillar/appliance.sls", "--out=json",
+                      timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        result = json.loads(again.stdout)["local"]
+        assert "appliance-service" in {s["__id__"] for s in result.values()}  # the booted-only states ran
+        assert {s["__id__"]: s["changes"] for s in result.values() if s["changes"]} == {}
+        assert supervised(c) == states
+        assert c.run(*CTL, "pid").stdout.strip() == pid
+
+
+# Run inside the container's network namespace: the hex DER certificate presented on 127.0.0.1:PORT.
+SERVED_CERT = (
+    "import socket, ssl, sys\n"
+    "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+    "with socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10) as raw:\n"
+    "    with ctx.wrap_socket(raw) as s: print(s.getpeercert(binary_form=True).hex())\n"
+)
+
+
+def test_certbot_mode_obtains_from_pebble_and_the_services_use_it(applied: Tree, tmp_path: Path) -> None:
+    """tls:mode certbot applied on a running box: certbot (standalone HTTP-01) gets a certificate from
+    pebble, the deploy hook installs it, the config switches to it and the services serve it."""
+    require("pebble", "pebble-challtestsrv")
+    with booted(applied.path, tmp_path / "console.log") as c:
+        wait_for("appliance.service active", lambda: c.run("systemctl", "is-active", "appliance.service").stdout.strip()
+                 == "active")
+        services = catalog(c)
+        root = Path(f"/proc/{c.pid1}/root")  # the container's files, seen from the host
+        with running_pebble(tmp_path / "pebble", ["nsenter", "-t", str(c.pid1), "-n"]) as peb:
+            (root / "root" / "pebble-ca.pem").write_bytes(peb.ca.read_bytes())
+            text = PILLAR_EXAMPLE.read_text()
+            for old, new in (("mode: self-signed", "mode: certbot"),
+                             ("server: https://acme-v02.api.letsencrypt.org/directory", f"server: {peb.directory}"),
+                             ("http01_port: 80", f"http01_port: {peb.http01_port}"),
+                             ('http01_address: ""', "http01_address: 127.0.0.1"),
+                             ('ca_bundle: ""', "ca_bundle: /root/pebble-ca.pem"),
+                             ("no_random_sleep_on_renew: false", "no_random_sleep_on_renew: true")):
+                assert old in text, old
+                text = text.replace(old, new, 1)
+            (root / "root" / "certbot.sls").write_text(text)
+
+            run = c.run("/opt/appliance/src/install.sh", "/root/certbot.sls", "--out=json", timeout=600)
+            assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+            changed = {s["__id__"] for s in json.loads(run.stdout)["local"].values() if s["changes"]}
+            assert {"appliance-certbot-obtain", "appliance-config", "appliance-service"} <= changed, changed
+
+            status = json.loads(c.run("/usr/local/bin/appliance", "status", "--json", check=True).stdout)
+            assert status["tls"]["source"] == "certbot"
+            assert status["tls"]["cert"] == "/etc/appliance/tls/certbot/fullchain.pem"
+            issued = x509.load_pem_x509_certificate((root / "etc/appliance/tls/certbot/fullchain.pem").read_bytes())
+            assert "Pebble" in issued.issuer.rfc4514_string()
+            assert issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "mx.example.net"
+            for svc, port in (("access", 993), ("relay", 465)):
+                if services.get(svc):
+                    wait_for(f"the services restarted on {port}", lambda p=port: greeting_der(c, p))
+                    assert bytes.fromhex(greeting_der(c, port)) == issued.public_bytes(Encoding.DER)
+            renew = (root / "etc/systemd/system/certbot.service.d/appliance.conf").read_text()
+            assert "ExecStart=/usr/bin/certbot -q renew --no-random-sleep-on-renew" in renew
+            assert c.run("systemctl", "is-enabled", "certbot.timer").stdout.strip() == "enabled"
+
+            again = c.run("/opt/appliance/src/install.sh", "/root/certbot.sls", "--out=json", timeout=600)
+            assert again.returncode == 0
+            assert {s["__id__"]: s["changes"] for s in json.loads(again.stdout)["local"].values() if s["changes"]} == {}
+
+
+def greeting_der(c: Container, port: int) -> str:
+    r = c.run_in_netns("python3", "-c", SERVED_CERT, str(port))
+    return r.stdout.strip() if r.returncode == 0 else ""

@@ -9,7 +9,7 @@ file Salt installs as /usr/local/lib/appliance/certbot-deploy-hook.
 
 from __future__ import annotations
 
-import json
+import grp
 import os
 import re
 import shutil
@@ -17,18 +17,16 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from appliance.devbox import free_port
 from tests.conftest import require
 from tests.helpers.box import Box, wait_port
+from tests.states.pebble import Pebble, running_pebble
 from tests.states.tree import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.peers]
@@ -37,72 +35,11 @@ HOOK = REPO / "states" / "appliance" / "files" / "certbot-deploy-hook.sh"
 NAME = "mx.example.test"
 
 
-@dataclass
-class Pebble:
-    directory: str  # the ACME directory URL
-    ca: Path  # trusts pebble's own HTTPS (REQUESTS_CA_BUNDLE)
-    http01_port: int  # where pebble's VA looks for HTTP-01 answers: certbot standalone listens there
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def pebble(tmp_path: Path) -> Iterator[Pebble]:
-    require("pebble", "pebble-challtestsrv", "certbot", "openssl")
-    d = tmp_path / "pebble"
-    d.mkdir()
-    # pebble ships no certificates: a CA and a server certificate for 127.0.0.1.
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-subj", "/CN=pebble test CA", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"))
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-             "-CAcreateserial", "-days", "2", "-extfile", str(d / "san.ext"), "-out", str(d / "server.pem"))
-    ports: dict[str, int] = {}
-    for k in ("acme", "mgmt", "dns", "dnsmgmt", "tls", "http01"):
-        p = free_port("127.0.0.1")
-        while p in ports.values():
-            p = free_port("127.0.0.1")
-        ports[k] = p
-    (d / "pebble.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{ports['acme']}", "managementListenAddress": f"127.0.0.1:{ports['mgmt']}",
-        "certificate": str(d / "server.pem"), "privateKey": str(d / "server.key"),
-        "httpPort": ports["http01"], "tlsPort": ports["tls"]}}))
-    peb = Pebble(f"https://127.0.0.1:{ports['acme']}/dir", d / "ca.pem", ports["http01"])
-    procs: list[subprocess.Popen[bytes]] = []
-    with open(d / "log", "wb") as log:
-        try:
-            # DNS for pebble's validation: every name is 127.0.0.1.
-            procs.append(subprocess.Popen(
-                ["pebble-challtestsrv", "-dns01", f"127.0.0.1:{ports['dns']}", "-http01", "", "-https01", "",
-                 "-tlsalpn01", "", "-management", f"127.0.0.1:{ports['dnsmgmt']}", "-defaultIPv6", ""],
-                stdout=log, stderr=log))
-            procs.append(subprocess.Popen(
-                ["pebble", "-config", str(d / "pebble.json"), "-dnsserver", f"127.0.0.1:{ports['dns']}"],
-                stdout=log, stderr=log, env=dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")))
-            ctx = ssl.create_default_context(cafile=str(peb.ca))
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(peb.directory, context=ctx, timeout=5).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            yield peb
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=20)
+    require("certbot")
+    with running_pebble(tmp_path / "pebble") as peb:
+        yield peb
 
 
 def served_cert(host: str, port: int) -> bytes:
@@ -175,7 +112,7 @@ def test_certbot_obtains_and_renews_and_the_hook_reloads_the_services(box: Box, 
 
     cb = tmp_path / "certbot"
     env = dict(os.environ, REQUESTS_CA_BUNDLE=str(pebble.ca), APPLIANCE_CONFIG=str(box.config_file),
-               APPLIANCE_TLS_DIR=str(dest), APPLIANCE_TLS_GROUP="root", APPLIANCE_VENV=str(REPO / ".venv"),
+               APPLIANCE_TLS_DIR=str(dest), APPLIANCE_TLS_GROUP=grp.getgrgid(os.getgid()).gr_name, APPLIANCE_VENV=str(REPO / ".venv"),
                APPLIANCE_HOOK_ENV="/nonexistent")
     common = ["--server", pebble.directory, "--config-dir", str(cb / "etc"), "--work-dir", str(cb / "work"),
               "--logs-dir", str(cb / "log"), "--non-interactive"]
