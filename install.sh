@@ -12,7 +12,9 @@
 #    /usr/bin/python3: PREFIX/salt;
 # 3. the appliance as a wheel built from this checkout, staged with the states
 #    and constraints.txt in PREFIX/src (the box keeps what it was built from);
-# 4. the pillar in PREFIX/pillar (mode 0600: it may hold secrets);
+# 4. the pillar in PREFIX/pillar (mode 0600: it may hold secrets; appliance.sls there is
+#    the last pillar applied without error: `sudo PREFIX/src/install.sh PREFIX/pillar/appliance.sls`
+#    re-applies it);
 # 5. `salt-call --local state.apply` (states/top.sls -> the appliance formula).
 #
 # Running it again re-applies: the second run changes nothing.
@@ -97,9 +99,12 @@ else
 fi
 
 # --- 4. the pillar ------------------------------------------------------------------------
-install -d -m 0700 "$PILLAR_DIR"
-[ "$(realpath "$PILLAR")" = "$(realpath -m "$PILLAR_DIR/appliance.sls")" ] || install -m 0600 "$PILLAR" "$PILLAR_DIR/appliance.sls"
-printf "# Written by install.sh.\nbase:\n  '*':\n    - appliance\n" >"$PILLAR_DIR/top.sls"
+# This run reads the pillar from PILLAR_DIR/run; PILLAR_DIR/appliance.sls is the last
+# pillar applied without error (what a later re-apply on the box starts from), so a bad
+# pillar never replaces a good one.
+install -d -m 0700 "$PILLAR_DIR" "$PILLAR_DIR/run"
+[ "$(realpath "$PILLAR")" = "$(realpath -m "$PILLAR_DIR/run/appliance.sls")" ] || install -m 0600 "$PILLAR" "$PILLAR_DIR/run/appliance.sls"
+printf "# Written by install.sh.\nbase:\n  '*':\n    - appliance\n" >"$PILLAR_DIR/run/top.sls"
 
 # --- 5. masterless Salt -------------------------------------------------------------------
 install -d -m 0700 "$SALT_VENV/etc"
@@ -118,7 +123,7 @@ file_roots:
     - $SRC/states
 pillar_roots:
   base:
-    - $PILLAR_DIR
+    - $PILLAR_DIR/run
 # systemd units are managed with systemctl even in a chroot (image build), where
 # systemd is not running and Salt would otherwise fall back to sysvinit scripts.
 providers:
@@ -128,5 +133,14 @@ state_verbose: False
 log_level: quiet
 EOF
 say "applying the states (salt-call --local state.apply)"
-exec "$SALT_VENV/bin/salt-call" --config-dir="$SALT_VENV/etc" --local --retcode-passthrough \
-  state.apply "$@"
+set +e
+"$SALT_VENV/bin/salt-call" --config-dir="$SALT_VENV/etc" --local --retcode-passthrough state.apply "$@"
+rc=$?
+set -e
+dry_run=""
+for a in "$@"; do case "$a" in test=True | test=true | test=1) dry_run=1 ;; esac; done
+if [ $rc = 0 ] && [ -z "$dry_run" ]; then
+  install -m 0600 "$PILLAR_DIR/run/appliance.sls" "$PILLAR_DIR/appliance.sls.new"
+  mv -f "$PILLAR_DIR/appliance.sls.new" "$PILLAR_DIR/appliance.sls"
+fi
+exit $rc

@@ -50,8 +50,9 @@ class _File:
 
 
 class LocalDelivery:
-    def __init__(self, mail_dir: str | Path, accounts_db: str | Path) -> None:
+    def __init__(self, mail_dir: str | Path, accounts_db: str | Path, postmaster: str = "") -> None:
         self.mail_dir = Path(mail_dir)
+        self.postmaster = postmaster
         self.accounts_db = Path(accounts_db)
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -126,6 +127,9 @@ class LocalDelivery:
             body = job.msg.data.replace(b"\r\n", b"\n")
             for r in job.rcpts:
                 owner = store.owner_of(r)
+                if owner is None and r.split("@", 1)[0] == "postmaster" and self.postmaster:
+                    # RFC 5321 4.5.1: postmaster must be accepted (the relay does) and delivered.
+                    owner = store.owner_of(self.postmaster)
                 if owner is None:
                     job.outcomes += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
                     continue

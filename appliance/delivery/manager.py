@@ -112,7 +112,8 @@ class DeliveryManager:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
-        self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db)
+        self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db,
+                                    postmaster=cfg.box.postmaster_address)
         self._last_control = 0.0
 
     # --- life cycle -------------------------------------------------------------------------
@@ -171,6 +172,8 @@ class DeliveryManager:
         return out
 
     def _on_stored(self, msg: SpooledMessage) -> None:
+        if msg.id in self._entries:
+            return  # already picked up by the start-up scan
         e = Entry(msg.id, msg.sender, msg.recipients, msg.arrival, msg.meta, next=time.time())
         self._entries[msg.id] = e
         heapq.heappush(self._heap, (e.next, msg.id))
@@ -298,6 +301,7 @@ class DeliveryManager:
         self.stats["deferred"] += len(later)
         if bad:
             self.stats["failed"] += len(bad)
+            self._feed_brake(msg, len(bad))
             await self._send_dsn("failure", msg, bad)  # stored before the failures are logged
             e.done.update(o.recipient for o in bad)
         if not e.pending:
@@ -344,7 +348,8 @@ class DeliveryManager:
                 await self.before_connect(dest)
             helo = self.cfg.box.hostname
             if dest.kind == "member":
-                policy = smtpclient.TlsPolicy("required", self.cfg.relay.ca_file)
+                policy = smtpclient.TlsPolicy("required", self.cfg.relay.ca_file,
+                                              client_cert=self.cfg.tls.cert, client_key=self.cfg.tls.key)
                 return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
                                                policy=policy, helo=helo)
             if dest.kind == "upstream":
@@ -367,6 +372,18 @@ class DeliveryManager:
 
     async def _deliver_local(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
         return await self._local.deliver(rcpts, msg)
+
+    def _feed_brake(self, msg: SpooledMessage, count: int) -> None:
+        """Bounced recipients of a customer's message count towards the abuse brake."""
+        login = msg.meta.get("login")
+        if not login or msg.meta.get("dsn"):
+            return
+        from appliance.ratelimit import runtime as limits_runtime
+
+        try:
+            limits_runtime.for_config(self.cfg).brake.record_rejected(login, count)
+        except Exception:  # the brake must never stop delivery
+            log.exception("abuse brake: could not record %d bounced recipient(s) of %s", count, login)
 
     async def _send_dsn(self, kind: dsn.Kind, msg: SpooledMessage, outcomes: list[Outcome]) -> None:
         # RFC 5321 4.5.5 / RFC 3464: never to the null sender, never about a DSN.

@@ -57,8 +57,7 @@ def route(cfg: Config, registry: Registry | None, recipient: str) -> Route:
         # Without a registry we cannot tell a member's domain from an outsider's: wait, never guess.
         return Route(Destination("hold", "hold:registry", domain=domain), reason="consortium registry unavailable")
     member = registry.member_for_domain(domain)
-    # An edge box has no port-25 relationship with members: everything goes upstream (DESIGN.md "Roles").
-    if member is not None and member.id != cfg.box.member_id and cfg.box.role != "edge":
+    if member is not None and member.id != cfg.box.member_id:
         dest = Destination("member", f"member:{member.id}", member_id=member.id, domain=domain)
         if not member.active:
             return Route(Destination("hold", f"hold:{member.id}", member_id=member.id, domain=domain),

@@ -36,6 +36,10 @@ TIMEOUT = 60.0
 class TlsPolicy:
     mode: TlsMode
     ca_file: str = ""
+    # Presented to members: a member that lists SPKI pins for us requires our
+    # certificate before MAIL (DESIGN.md "Who may send what").
+    client_cert: str = ""
+    client_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ def _context(policy: TlsPolicy, pins: Sequence[str]) -> ssl.SSLContext:
     else:
         ctx = ssl.create_default_context(cafile=policy.ca_file or None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if policy.client_cert:
+        ctx.load_cert_chain(policy.client_cert, policy.client_key or None)
     return ctx
 
 

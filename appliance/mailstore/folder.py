@@ -17,6 +17,7 @@ ever rebuilt with a new UIDVALIDITY when it is unreadable.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import re
 import socket
@@ -36,15 +37,13 @@ FLAG_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "$Forwarded": "P", "\\Answered
 LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
-_counter = 0
+_counter = itertools.count(1)  # next() is atomic in CPython: writes run in worker threads
 
 
 def _unique_name() -> str:
-    global _counter
-    _counter += 1
     now = time.time()
     host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{_counter}.{host}"
+    return f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{host}"
 
 
 def crlf(data: bytes) -> bytes:
@@ -117,6 +116,7 @@ class Folder:
         self.entries: dict[int, Entry] = {}
         self.by_base: dict[str, int] = {}
         self.recent: set[int] = set()  # RFC 3501 \Recent: new since some session last claimed them
+        self.pending: set[int] = set()  # UIDs reserved by writes in progress
         self._stamp: tuple[int, int, int] | None = None
         self._lock_fd: int | None = None
         self._depth = 0
@@ -238,6 +238,8 @@ class Folder:
                     entries[uid] = Entry(uid, base, sub, info, size, kws)
                     continue
                 m = _UID_IN_NAME.search(base)
+                if m and int(m.group(1)) in self.pending:
+                    continue  # a write in progress; its commit() makes it visible, in UID order
                 if m and int(m.group(1)) not in entries and int(m.group(1)) not in listed:
                     # Recovery: the list lost this record (it is not fsynced on append), the
                     # name still carries the UID it was given (see add()).
@@ -327,38 +329,68 @@ class Folder:
     # --- changing -------------------------------------------------------------------------
 
     def add(self, data: bytes, flags: Iterable[str] = (), date: float | None = None) -> int:
-        """Store DATA durably in cur/ with FLAGS; return its UID.
+        """Store DATA durably in cur/ with FLAGS; return its UID (reserve, write, commit in one)."""
+        uid = self.reserve()
+        try:
+            entry = self.write(uid, data, flags, date)
+        except BaseException:
+            self.abandon(uid)
+            raise
+        return self.commit(entry)
 
-        Two fsyncs: the file before it is renamed into cur/, and cur/ after (so an OK
-        to the client means the message is on disk). The UID is part of the file
-        name, so the list append needs no fsync of its own.
-        """
-        letters = "".join(sorted(FLAG_LETTERS[f] for f in _canonical(flags) if f in FLAG_LETTERS))
-        keywords = {f for f in _canonical(flags) if not f.startswith("\\") and f not in FLAG_LETTERS}
+    # An APPEND in three steps, so the service can run the slow middle one (file I/O and
+    # two fsyncs) in a worker thread: reserve() and commit() touch shared state and run in
+    # the caller's thread, in UID order; write() touches only its own new file.
+
+    def reserve(self) -> int:
+        """The next UID, held for a write() in progress (sync() ignores its file until commit)."""
         with self._locked():
             self.sync()
             uid = self.next_uid
             self.next_uid += 1
-            base = f"{_unique_name()},U={uid}"
-            tmp = self.path / "tmp" / base
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if date is not None:
-                os.utime(tmp, (date, date))
-            os.rename(tmp, self.path / "cur" / f"{base}:2,{letters}")
-            _fsync_dir(self.path / "cur")
-            e = Entry(uid, base, "cur", letters, len(crlf(data)), keywords)
+            self.pending.add(uid)
+            return uid
+
+    def write(self, uid: int, data: bytes, flags: Iterable[str] = (), date: float | None = None) -> Entry:
+        """Write DATA as UID's file: tmp/, fsync, rename into cur/, fsync cur/. Thread-safe.
+
+        Two fsyncs, so an OK to the client means the message is on disk. The UID is
+        part of the file name, so the list append in commit() needs no fsync.
+        """
+        canon = _canonical(flags)
+        letters = "".join(sorted(FLAG_LETTERS[f] for f in canon if f in FLAG_LETTERS))
+        keywords = {f for f in canon if not f.startswith("\\") and f not in FLAG_LETTERS}
+        base = f"{_unique_name()},U={uid}"
+        tmp = f"{self._dir}/tmp/{base}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if date is not None:
+            os.utime(tmp, (date, date))
+        os.rename(tmp, f"{self._dir}/cur/{base}:2,{letters}")
+        _fsync_dir(self.path / "cur")
+        return Entry(uid, base, "cur", letters, len(crlf(data)), keywords)
+
+    def commit(self, e: Entry) -> int:
+        """Make a written message visible; call in UID order."""
+        with self._locked():
+            self.pending.discard(e.uid)
             self.entries[e.uid] = e
-            self.by_base[base] = e.uid
-            self._append_list([e], sync=bool(keywords))
-            if keywords:
-                self.define_keywords(keywords)
+            self.by_base[e.base] = e.uid
+            self._append_list([e], sync=bool(e.keywords))
+            if e.keywords:
+                self.define_keywords(e.keywords)
             self._stamp = self._dir_stamp()
         return e.uid
+
+    def abandon(self, uid: int) -> None:
+        """Give up a reserved UID whose write failed (the UID is never used: gaps are allowed)."""
+        self.pending.discard(uid)
 
     def set_flags(self, uid: int, flags: Iterable[str]) -> list[str]:
         """Replace UID's flags (system flags and keywords); return the new flag list."""

@@ -177,7 +177,7 @@ def main() -> int:
                 results.append(row)
     finally:
         relay.stop()
-        pf.stop()
+        pf.remove()
     print(f"\nmachine: {os.cpu_count()} cores\n")
     print("| size | sessions | messages | relay msg/s | Postfix msg/s | ratio | relay p50 / p99 ms | Postfix p50 / p99 ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

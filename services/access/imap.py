@@ -21,11 +21,11 @@ import binascii
 import email.utils
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, interfaces, task
+from twisted.internet import defer, interfaces, reactor, task, threads
 from twisted.mail import imap4
 from twisted.mail.imap4 import (
     IllegalClientResponse,
@@ -36,7 +36,8 @@ from twisted.mail.imap4 import (
     getEnvelope,
     parseIdList,
 )
-from twisted.python import log
+from twisted.python import failure, log
+from zope.interface import implementer
 
 from appliance.accounts import Account
 from appliance.mailstore import DELIMITER, Folder, Mailstore, MailstoreError
@@ -46,6 +47,7 @@ from services.access.mime import ParsedMessage, body_structure, header_fields, l
 from services.access.search import SearchError, search
 
 IDLE_POLL_SECONDS = 1.0
+FETCH_BATCH = 64  # messages written per reactor turn by a large FETCH
 STRUCTURE_CACHE_SIZE = 50_000
 _STRUCTURE_CACHE: OrderedDict[tuple[str, int, int, str], bytes] = OrderedDict()
 SUBMIT_PENDING = "$SubmitPending"
@@ -84,6 +86,58 @@ def _uid_set(uids: list[int]) -> bytes:
         out.append(str(uids[i]) if i == j else f"{uids[i]}:{uids[j]}")
         i = j + 1
     return ",".join(out).encode()
+
+
+class OrderedAppends:
+    """APPENDs to one folder: files written in worker threads, made visible in UID order.
+
+    Each APPEND reserves the next UID, writes and fsyncs its file in a thread (so
+    sessions do not wait for each other's fsyncs, and concurrent fsyncs share
+    journal commits), and is committed only when every lower reserved UID has
+    been committed or abandoned (RFC 3501 2.3.1.1: UIDs ascend in mailbox order).
+    """
+
+    _by_path: dict[str, OrderedAppends] = {}
+
+    @classmethod
+    def of(cls, folder: Folder) -> OrderedAppends:
+        key = str(folder.path)
+        ordered = cls._by_path.get(key)
+        if ordered is None or ordered.folder is not folder:
+            ordered = cls._by_path[key] = cls(folder)
+        return ordered
+
+    def __init__(self, folder: Folder) -> None:
+        self.folder = folder
+        self.queue: deque[int] = deque()
+        self.finished: dict[int, tuple[Any, defer.Deferred[int]]] = {}
+
+    def append(self, data: bytes, flags: list[str], when: float | None) -> defer.Deferred[int]:
+        try:
+            uid = self.folder.reserve()
+        except (MailstoreError, OSError):
+            return defer.fail()
+        result: defer.Deferred[int] = defer.Deferred()
+        self.queue.append(uid)
+        written = threads.deferToThread(self.folder.write, uid, data, flags, when)
+        written.addBoth(self._written, uid, result)
+        return result
+
+    def _written(self, outcome: Any, uid: int, result: defer.Deferred[int]) -> None:
+        self.finished[uid] = (outcome, result)
+        while self.queue and self.queue[0] in self.finished:
+            head = self.queue.popleft()
+            value, waiting = self.finished.pop(head)
+            if isinstance(value, failure.Failure):
+                self.folder.abandon(head)
+                waiting.errback(value)
+                continue
+            try:
+                committed = self.folder.commit(value)
+            except Exception:
+                waiting.errback(failure.Failure())
+            else:
+                waiting.callback(committed)
 
 
 class View:
@@ -211,6 +265,19 @@ class IMAPServer(imap4.IMAP4Server):
             super().lineReceived(line)
         except Exception:
             log.err()
+
+    def dispatchCommand(self, tag: bytes, cmd: bytes, rest: bytes | None, uid: int | None = None) -> None:
+        # Every command ends with a tagged reply, even on an unexpected error (Twisted's
+        # fallback was an untagged BAD, leaving the client waiting for its tag).
+        try:
+            super().dispatchCommand(tag, cmd, rest, uid)
+        except (IllegalClientResponse, imap4.IllegalOperation, imap4.IllegalMailboxEncoding):
+            raise  # answered by Twisted's parse_command (BAD / NO)
+        except MailstoreError as exc:
+            self.sendNegativeResponse(tag, str(exc).encode())
+        except Exception:
+            log.err()
+            self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error, try again later")
 
     def _untagged(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -551,38 +618,47 @@ class IMAPServer(imap4.IMAP4Server):
             d.addErrback(self._internal_error, tag)
             d.addBoth(lambda _: self._unblock())
             return
-        self._append_now(tag, folder, data, flag_names, when)
+        self.blocked = []  # pipelined commands wait for this APPEND's answer
+        self._append_now(tag, folder, data, flag_names, when).addBoth(lambda _: self._unblock())
 
     def _append_now(self, tag: bytes, folder: Folder, data: bytes, flags: list[str], when: float | None,
-                    extra: bytes = b"") -> None:
-        try:
-            uid = folder.add(data, flags, when)
-        except (MailstoreError, OSError) as exc:
-            self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: " + str(exc).encode())
-            return
-        if self.view is not None and self.view.folder is folder:
-            self._sync_selected()
-        self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed%s" % (folder.uidvalidity, uid, extra))
+                    extra: bytes = b"") -> defer.Deferred[None]:
+        """Store in FOLDER (the file I/O in a worker thread) and answer; fires when answered."""
+        d = OrderedAppends.of(folder).append(data, flags, when)
+
+        def stored(uid: int) -> None:
+            if self.view is not None and self.view.folder is folder:
+                self._sync_selected()
+            self.sendPositiveResponse(tag, b"[APPENDUID %d %d] APPEND completed%s" % (folder.uidvalidity, uid, extra))
+
+        def failed(f: Any) -> None:
+            if not f.check(MailstoreError, OSError):
+                log.err(f)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] APPEND failed: " + str(f.value).encode())
+
+        d.addCallbacks(stored, failed)
+        return d
 
     def _outbox_sent(self, reply: Reply, tag: bytes, folder: Folder, data: bytes, flags: list[str],
-                     when: float | None, verb: bytes) -> None:
+                     when: float | None, verb: bytes) -> defer.Deferred[None] | None:
         if not reply.ok:
             # Courier-IMAP's Outbox convention: the refusal is an ALERT the user sees.
             self.sendNegativeResponse(tag, b"[ALERT] " + _refusal(reply))
-            return
+            return None
         flags = [f for f in flags if f.lower() != SUBMIT_PENDING.lower()] + [SUBMITTED]
         queued = f" (queued as {reply.queue_id})".encode() if reply.queue_id else b""
         if verb == b"APPEND":
-            self._append_now(tag, folder, data, flags, when, queued)
+            return self._append_now(tag, folder, data, flags, when, queued)  # the caller waits for it
         else:
             try:
                 uid = folder.add(data, flags, when)
             except (MailstoreError, OSError) as exc:
                 self.sendNegativeResponse(tag, b"[SERVERBUG] sent, but not stored: " + str(exc).encode())
-                return
+                return None
             src_uid = self._outbox_src
             self.sendPositiveResponse(tag, b"[COPYUID %d %d %d] %s completed%s"
                                       % (folder.uidvalidity, src_uid, uid, verb, queued))
+            return None
 
     def _internal_error(self, f: Any, tag: bytes) -> None:
         log.err(f)
@@ -666,7 +742,6 @@ class IMAPServer(imap4.IMAP4Server):
     def do_FETCH(self, tag: bytes, messages: MessageSet, query: list[Any], uid: int = 0) -> None:
         assert self.view is not None
         view = self.view
-        folder = view.folder
         try:
             chosen = view.resolve(messages, bool(uid))
         except IllegalClientResponse as exc:
@@ -675,21 +750,27 @@ class IMAPServer(imap4.IMAP4Server):
         sets_seen = view.writeable and any(
             (p.type == "body" and not p.peek and (p.empty or p.text or p.header or p.mime or p.part))
             or p.type in ("rfc822", "rfc822text") for p in query)
+        if len(chosen) <= FETCH_BATCH:
+            self._fetch_batch(chosen, query, bool(uid), sets_seen)
+            self.sendPositiveResponse(tag, b"FETCH completed")
+            return
+        # A large FETCH is written in batches as the client reads (a push producer), so a
+        # slow client syncing a big mailbox cannot make the server buffer all of it.
+        self.blocked = []  # pipelined commands wait until the FETCH is complete
+        _FetchProducer(self, tag, chosen, query, bool(uid), sets_seen).start()
+
+    def _fetch_batch(self, chosen: list[tuple[int, int]], query: list[Any], by_uid: bool, sets_seen: bool) -> None:
+        assert self.view is not None
+        folder = self.view.folder
         out: list[bytes] = []
         for seq, u in chosen:
-            entry = folder.entries.get(u)
-            if entry is None:
+            if u not in folder.entries:
                 continue  # expunged by another session; reported at the next NOOP
             try:
-                item = self._fetch_one(seq, u, query, bool(uid), sets_seen)
+                out.append(self._fetch_one(seq, u, query, by_uid, sets_seen))
             except MailstoreError:
                 continue
-            out.append(item)
-            if len(out) >= 64:
-                self.transport.writeSequence(out)
-                out = []
         self.transport.writeSequence(out)
-        self.sendPositiveResponse(tag, b"FETCH completed")
 
     select_FETCH = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
@@ -941,6 +1022,58 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 def envelope(data: bytes) -> bytes:
     """ENVELOPE (RFC 3501 7.4.2) of a message, built by Twisted from its parsed header."""
     return collapseNestedLists([getEnvelope(ParsedMessage(split_header(data)[0]))])
+
+
+@implementer(interfaces.IPushProducer)
+class _FetchProducer:
+    """Writes one FETCH's responses FETCH_BATCH messages at a time, pausing when the transport is full."""
+
+    def __init__(self, server: IMAPServer, tag: bytes, chosen: list[tuple[int, int]], query: list[Any],
+                 by_uid: bool, sets_seen: bool) -> None:
+        self.server, self.tag, self.chosen = server, tag, chosen
+        self.query, self.by_uid, self.sets_seen = query, by_uid, sets_seen
+        self.pos = 0
+        self.paused = False
+        self.stopped = False
+        self.scheduled = False
+
+    def start(self) -> None:
+        self.server.transport.registerProducer(self, True)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.scheduled and not self.paused and not self.stopped:
+            self.scheduled = True
+            reactor.callLater(0, self._step)  # type: ignore[attr-defined]  # let other sessions run between batches
+
+    def _step(self) -> None:
+        self.scheduled = False
+        if self.paused or self.stopped:
+            return
+        server = self.server
+        if server.view is None:
+            self.stopped = True
+            return
+        batch = self.chosen[self.pos : self.pos + FETCH_BATCH]
+        self.pos += len(batch)
+        server._fetch_batch(batch, self.query, self.by_uid, self.sets_seen)
+        if self.pos >= len(self.chosen):
+            self.stopped = True
+            server.transport.unregisterProducer()
+            server.sendPositiveResponse(self.tag, b"FETCH completed")
+            server._unblock()
+            return
+        self._schedule()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
 
 
 def _has_section(p: Any) -> bool:

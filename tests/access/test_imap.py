@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.access.conftest import PASSWORD, imap, inbox_files, inbox_messages, message, wait_for
+from tests.access.conftest import PASSWORD, imap, inbox_files, inbox_messages, message, pop, wait_for
 from tests.conftest import require
 from tests.helpers.box import Box
 
@@ -282,4 +282,106 @@ def test_append_over_the_size_limit_is_no_toobig(access_box: Box) -> None:
     big = message("alice@example.test", "bob@example.test", "big", body="x" * 998 + "\r\n") * (MAX_MESSAGE_SIZE // 1000 + 5)
     typ, data = m.append("Drafts", None, None, big)
     assert typ == "NO" and data[0].startswith(b"[TOOBIG]")
+    m.logout()
+
+
+def test_two_sessions_see_each_others_expunges_and_pop_deletes(access_box: Box) -> None:
+    a, b = imap(access_box, "bob"), imap(access_box, "bob", implicit=True)
+    a.create("Shared")
+    for subject in ("s1", "s2", "s3"):
+        a.append("Shared", None, None, message("bob@example.test", "bob@example.test", subject))
+    a.select("Shared")
+    b.select("Shared")
+    a.store("2", "+FLAGS", r"(\Deleted)")
+    a.expunge()
+    # b still sees 3 messages until it is told; a FETCH of the vanished one is skipped, not an error.
+    assert b.fetch("1:3", "(UID)")[0] == "OK"
+    b.noop()
+    assert b.response("EXPUNGE")[1] == [b"2"]
+    assert len(b.fetch("1:*", "(UID)")[1]) == 2
+    with pytest.raises(imaplib.IMAP4.error, match="invalid message sequence number"):
+        b.fetch("3", "(UID)")
+    b.logout()
+    # A POP session's DELE, committed at QUIT, shows up in an IMAP session on the same INBOX.
+    a.append("INBOX", None, None, message("bob@example.test", "bob@example.test", "for pop"))
+    a.select("INBOX")
+    p = pop(access_box, "bob")
+    p.dele(1)
+    p.quit()
+    a.noop()
+    assert a.response("EXPUNGE")[1] == [b"1"]
+    a.logout()
+
+
+def test_large_fetch_streams_in_order_with_a_pipelined_command(access_box: Box) -> None:
+    """A FETCH larger than one batch is produced as the client reads; a command pipelined behind it waits."""
+    from services.access.imap import FETCH_BATCH
+    from tests.access.imapdiff import RawIMAP
+
+    c = RawIMAP(access_box.host("imap"), access_box.port("imap"), access_box.client_tls())
+    assert c.command(b'LOGIN "carol@example.test" "%s"' % PASSWORD.encode())[1].startswith(b"OK")
+    c.command(b"CREATE Big")
+    n = FETCH_BATCH * 2 + 7
+    for i in range(n):
+        assert c.command(b"APPEND Big", message("carol@example.test", "x@example.test", f"big {i}"))[1].startswith(b"OK")
+    c.command(b"SELECT Big")
+    c.sock.sendall(b"f FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\nn NOOP\r\n")
+    seen: list[bytes] = []
+    while True:
+        r = c.read_response()
+        seen.append(r)
+        if r.startswith(b"n "):
+            break
+    fetches = [r for r in seen if b" FETCH (" in r]
+    assert len(fetches) == n
+    assert [int(r.split()[1]) for r in fetches] == list(range(1, n + 1))
+    assert b"big %d" % (n - 1) in fetches[-1]
+    tagged = [r for r in seen if r[:2] in (b"f ", b"n ")]
+    assert tagged[0].startswith(b"f OK") and tagged[1].startswith(b"n OK")
+    assert seen.index(tagged[0]) > seen.index(fetches[-1])
+    c.close()
+
+
+def test_concurrent_appends_get_ascending_uids_that_survive_a_restart(access_box: Box) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from appliance.supervision import proxy
+    from tests.helpers.box import wait_port
+
+    watcher = imap(access_box, "carol")
+    watcher.create("Race")
+    watcher.select("Race")
+
+    def session(k: int) -> list[int]:
+        m = imap(access_box, "carol", implicit=bool(k % 2))
+        uids = []
+        for i in range(15):
+            typ, data = m.append("Race", f"($Batch{k})", None,
+                                 message("carol@example.test", "x@example.test", f"race {k} {i}"))
+            assert typ == "OK", data
+            uids.append(int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1)))
+        m.logout()
+        return uids
+
+    with ThreadPoolExecutor(4) as pool:
+        per_session = list(pool.map(session, range(4)))
+    appended = sorted(u for uids in per_session for u in uids)
+    assert len(set(appended)) == 60 and all(u == sorted(u) for u in per_session)
+    watcher.noop()
+    typ, data = watcher.uid("FETCH", "1:*", "(UID FLAGS)")
+    listed = [int(re.search(rb"UID (\d+)", x).group(1)) for x in data]
+    assert listed == appended  # every message, in ascending UID order
+    validity = watcher.status("Race", "(UIDVALIDITY)")[1][0]
+    watcher.logout()
+
+    supervisor = proxy(access_box.cfg).supervisor
+    supervisor.stopProcess("access")
+    supervisor.startProcess("access")
+    wait_port(access_box.host("imap"), access_box.port("imap"))
+    m = imap(access_box, "carol")
+    assert m.status("Race", "(UIDVALIDITY)")[1][0] == validity
+    m.select("Race")
+    typ, data = m.uid("FETCH", "1:*", "(UID FLAGS)")
+    assert [int(re.search(rb"UID (\d+)", x).group(1)) for x in data] == appended
+    assert all(b"$Batch" in x for x in data)  # keywords persisted
     m.logout()

@@ -1,10 +1,12 @@
 """A consortium of appliances, one per network namespace, on one machine.
 
 Topology (docs/consortium.md has the diagram): a bridge namespace joins
-`registry`, `isp-a`, `isp-b` (members), `colo` (an edge box relaying through
-isp-a with an account there), `home` (a broadband user: a client namespace
-only, no port 25) and `outsider` (neither member nor customer) on a private
-10.x /24 that exists only inside these namespaces.
+`registry` (the TUF repository, served by `appliance registry serve`, and a
+tiny DNS server for colo.test's MX), `isp-a`, `isp-b` (members), `colo` (an
+edge box relaying through isp-a with an account there), `home` (a broadband
+user: a client namespace only, no port 25), `outsider` (neither member nor
+customer) and `users` (isp-a's and isp-b's own customers) on a private 10.x /24
+that exists only inside these namespaces.
 
 Each box is a development box (`appliance init --dev`) whose config is then
 adjusted to its role, started with `ip netns exec NS appliance -c CFG up`, so
@@ -55,16 +57,6 @@ HOSTS: dict[str, tuple[int, str | None]] = {
     "users": (60, None),
 }
 MEMBERS = ("isp-a", "isp-b")
-
-
-def built(service: str) -> bool:
-    return any(s.name == service and s.built for s in SERVICES)
-
-
-def cli_has(*words: str) -> bool:
-    """Whether `appliance WORDS... --help` exists (an operator command another helper may not have landed)."""
-    proc = subprocess.run([*APPLIANCE, *words, "--help"], capture_output=True, text=True, cwd=REPO_ROOT)
-    return proc.returncode == 0
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
@@ -174,10 +166,6 @@ class Appliance:
     def queue_files(self) -> list[Path]:
         q = self.dir / "spool" / "queue"
         return [p for p in q.rglob("*") if p.is_file()] if q.exists() else []
-
-    def log(self, service: str) -> str:
-        p = self.dir / "log" / f"{service}.log"
-        return p.read_text(errors="replace") if p.exists() else ""
 
 
 @dataclass

@@ -147,7 +147,7 @@ def test_first_boot_made_this_boxs_own_secrets(booted: BootedImage) -> None:
     mode = booted.ssh("sudo stat -c '%U:%G %a' /etc/appliance/dkim/mail.key /etc/appliance/tls/selfsigned/key.pem")
     assert mode.splitlines() == ["root:appliance 640"] * 2
     assert "v=DKIM1; k=rsa; p=" in booted.ssh("sudo cat /etc/appliance/dkim/mail.txt")
-    enroll = json.loads(booted.ssh("cat /etc/appliance/enrollment.json"))
+    enroll = json.loads(booted.ssh("sudo cat /etc/appliance/enrollment.json"))
     assert enroll["status"] == "not enrolled"
     assert len(enroll["spki_sha256"][0]) == 64
     assert "firstboot: done" in booted.ssh("sudo journalctl -b -u appliance-firstboot --no-pager -o cat")

@@ -126,6 +126,11 @@ class PrivatePostfix:
                 break
             time.sleep(0.1)
 
+    def remove(self) -> None:
+        """Stop and delete the instance's directory (its line in the system main.cf stays: harmless)."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def log(self) -> str:
         try:
             return (self.dir / "maillog").read_text()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from appliance.config import Config
-from appliance.delivery import DeliveryManager
+from appliance.delivery import DeliveryManager, Destination
 from appliance.registry import model as registry_model
 from appliance.spool import Spool
 from tests.relay_back.conftest import tune, write_registry
@@ -112,7 +112,13 @@ def test_mx_delivery_retries_4xx_then_delivers(mx_world, tmp_path: Path) -> None
     sinks.append(SmtpSink.start(tmp_path / "sink1", "-r", "RCPT"))
     port = sinks[0].port
 
+    paced: list[Destination] = []
+
     async def body(spool: Spool, mgr: DeliveryManager) -> None:
+        async def pacing(dest: Destination) -> None:  # the outbound pacing hook the rate limiter plugs into
+            paced.append(dest)
+
+        mgr.before_connect = pacing
         qid = await spool.store("alice@example.test", ["carol@remote.test"], MSG, {})
         recs = await until(lambda: [r for r in spool.read_log(qid) if r.get("e") == "deferred"], what="a deferral")
         assert "carol@remote.test" in recs[0]["why"] and recs[0]["why"]["carol@remote.test"].startswith("4.")
@@ -126,6 +132,7 @@ def test_mx_delivery_retries_4xx_then_delivers(mx_world, tmp_path: Path) -> None
     with_relay(cfg, body, resolver=dns_server.resolver(), mx_port=port)
     assert len(got) == 1
     got = got[0]
+    assert len(paced) >= 2 and {(d.kind, d.key) for d in paced} == {("mx", "mx:remote.test")}
     assert b"carol@remote.test" in got and b"Subject: hello" in got
     assert maildir_new(cfg, "alice@example.test") == []  # no DSN for a delivered message
 

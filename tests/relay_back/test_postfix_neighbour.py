@@ -41,7 +41,7 @@ def neighbour(devbox: tuple[Path, Config], tmp_path: Path) -> Iterator[tuple[Con
         yield cfg, pf, relay
     finally:
         relay.stop()
-        pf.stop()
+        pf.remove()
 
 
 def swaks(*args: str) -> subprocess.CompletedProcess[str]:

@@ -82,6 +82,8 @@ def test_bad_config_value_fails_early_naming_the_key(applied: Tree, tmp_path: Pa
     ids = [s["__id__"] for s in run.states.values()]
     assert "appliance-config" not in ids and "appliance-unit" not in ids
     assert _sha(applied.file("/etc/appliance/appliance.toml")) == before
+    # The pillar kept for re-applying on the box is still the last good one.
+    assert applied.file("/opt/appliance/pillar/appliance.sls").read_text() == PILLAR_EXAMPLE.read_text()
 
 
 def test_bad_formula_value_fails_before_any_state_runs(applied: Tree, tmp_path: Path) -> None:
@@ -91,3 +93,4 @@ def test_bad_formula_value_fails_before_any_state_runs(applied: Tree, tmp_path: 
     assert "pillar appliance:tls:mode: value acme: must be self-signed or certbot" in run.stdout
     with pytest.raises(AssertionError, match="did not compile"):
         _ = run.states
+    assert applied.file("/opt/appliance/pillar/appliance.sls").read_text() == PILLAR_EXAMPLE.read_text()
