@@ -24,8 +24,8 @@ BUILD=${IMAGE_BUILD_DIR:-$REPO/build}
 TREE=$BUILD/tree
 LOGS=$BUILD/logs
 DISK_MB=${IMAGE_DISK_MB:-4096}          # virtual size; metadata.json says 4 (GiB)
-# pip for the wheelhouse: the repo venv (make install) has it; Debian's python3 may not.
-PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+# Reads the tree's appliance.toml (secret_paths.py: stdlib only).
+PYTHON=/usr/bin/python3
 VAGRANT_PUB=${VAGRANT_PUB:-}
 HOSTNAME_SHORT=appliance
 # The states' own entry point for a tree (issue 7), and the pillar every image starts with.
@@ -301,5 +301,5 @@ total=$(( $(date +%s) - T0 ))
 cat >"$BUILD/image-stats.json" <<EOF
 {"build_seconds": $total, "qcow2_bytes": $size_q, "box_bytes": $size_b, "virtual_size_gib": $(( DISK_MB / 1024 ))}
 EOF
-log "built build/appliance.qcow2 ($(( size_q / 1048576 )) MiB) and build/appliance.box ($(( size_b / 1048576 )) MiB) in ${total}s"
+log "built $BUILD/appliance.qcow2 ($(( size_q / 1048576 )) MiB) and $BUILD/appliance.box ($(( size_b / 1048576 )) MiB) in ${total}s"
 STAGE_LOG=""

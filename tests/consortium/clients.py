@@ -231,8 +231,8 @@ def cmd_load(a: argparse.Namespace) -> dict[str, Any]:
 
     A message counts as accepted only when DATA got 250; a broken connection or a
     4xx means "not accepted" and the sender tries that message again with a new
-    tag, exactly as a real client would. Bounded by COUNT attempts-in-flight and by
-    DEADLINE seconds.
+    tag, exactly as a real client would. Bounded by COUNT messages and by DEADLINE
+    seconds.
     """
     senders = json.loads(a.senders)  # [[login, password], ...]
     ctx = tls_context(a.cafile)
@@ -272,6 +272,8 @@ def cmd_load(a: argparse.Namespace) -> dict[str, Any]:
                             # The test's killer reads this to land each kill mid-load.
                             with open(a.progress, "w") as fh:
                                 fh.write(str(len(accepted)))
+                    # Pace the senders so that the kills, not the clock, decide how the load ends.
+                    time.sleep(len(senders) / a.rate)
                     break
                 except smtplib.SMTPResponseException as exc:
                     bump(refused, str(exc.smtp_code))
@@ -348,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--count", type=int, required=True)
     ld.add_argument("--deadline", type=float, default=300)
     ld.add_argument("--progress", default="", help="file to keep the count of accepted messages in")
+    ld.add_argument("--rate", type=float, default=1000.0, help="messages per second, all senders together")
     ld.add_argument("--tag", default="load")
     a = p.parse_args(argv)
     fn = {"greeting": cmd_greeting, "smtp-send": cmd_smtp_send, "imap-sendmail": cmd_imap_sendmail,

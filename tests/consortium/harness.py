@@ -144,13 +144,14 @@ class Appliance:
     def status(self) -> dict[str, Any]:
         return json.loads(self.cli("status", "--json").stdout)
 
-    def service_pid(self, service: str) -> int | None:
+    def service_pid(self, service: str, running_only: bool = True) -> int | None:
+        """The service's pid from supervisor; only once RUNNING (past startsecs) unless RUNNING_ONLY is False."""
         from appliance import supervision
         from appliance.config import load
 
         info = supervision.process_info(load(self.config_file)) or {}
         entry = info.get(service)
-        if not entry or entry.get("statename") != "RUNNING":
+        if not entry or entry.get("statename") not in (("RUNNING",) if running_only else ("RUNNING", "STARTING")):
             return None
         return int(entry["pid"]) or None
 
@@ -401,12 +402,13 @@ class Consortium:
     # -- load and crashes ------------------------------------------------------------------
 
     def start_load(self, where: str, box: Appliance, senders: list[str], rcpts: list[str], count: int,
-                   run_tag: str, deadline: float) -> Load:
+                   run_tag: str, rate: float, deadline: float) -> Load:
         progress = self.base / f"{run_tag}.progress"
         creds = json.dumps([[s, box.passwords[s]] for s in senders])
         args = [sys.executable, "-m", "tests.consortium.clients", "load", "--host", box.address,
                 "--port", str(PORTS["submission"]), "--cafile", str(box.cert), "--senders", creds,
-                "--count", str(count), "--tag", run_tag, "--deadline", str(deadline), "--progress", str(progress)]
+                "--count", str(count), "--tag", run_tag, "--deadline", str(deadline), "--progress", str(progress),
+                "--rate", str(rate)]
         for r in rcpts:
             args += ["--to", r]
         proc = self.host(where).popen(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -430,11 +432,15 @@ class Consortium:
         cfg = load_config(box.config_file)
         kills = 0
         while kills < max_kills and load.running():
-            pid = wait_for(f"{box.name} relay RUNNING", lambda: box.service_pid("relay"), 60)
+            # Count the messages from the moment the new relay listens...
+            wait_for(f"{box.name} relay started", lambda: box.service_pid("relay", running_only=False), 60)
+            box.wait_listening(PORTS["submission"])
             target = load.accepted() + random.randint(*every)
             wait_for("load progress", lambda t=target: load.accepted() >= t or not load.running(), 120, interval=0.05)
-            if not load.running() or pid != box.service_pid("relay"):
-                continue
+            # ...but never kill inside supervisor's startsecs: that would be a failed start, not a crash.
+            pid = wait_for(f"{box.name} relay RUNNING", lambda: box.service_pid("relay"), 60)
+            if not load.running():
+                break
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
