@@ -17,7 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 CONFIG_ENV = "APPLIANCE_CONFIG"
@@ -181,6 +189,40 @@ class UpstreamConfig(_Model):
     ca_file: str = Field("", description="CA bundle to verify the upstream with (empty: system CAs).")
 
 
+class RelayRoute(_Model):
+    """The next hop of a domain this box relays for (a sponsored edge box): SMTP, TLS required by default."""
+
+    host: str = Field(description="Next hop host name or IP address (also the name its certificate is checked against).")
+    port: Port = Field(25, description="Next hop SMTP port.")
+    tls: Literal["required", "opportunistic"] = Field(
+        "required",
+        description="`required`: STARTTLS or nothing, verified by `spki_sha256` pins or else against `relay.ca_file`; "
+        "`opportunistic`: STARTTLS when offered, unverified, plaintext otherwise (only for a hop you trust the path to).",
+    )
+    spki_sha256: list[str] = Field(
+        default_factory=list, description="Pinned SPKI SHA-256 (64 hex digits) of the next hop's key; empty: CA-verified."
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            return _check_domain(v)
+
+    @field_validator("spki_sha256")
+    @classmethod
+    def _pins(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        out = [p.strip().lower() for p in v]
+        for p in out:
+            if len(p) != 64 or any(c not in "0123456789abcdef" for c in p):
+                raise ValueError(f"{p!r} is not a SHA-256 in hex (64 digits)")
+        if out and info.data.get("tls") != "required":
+            raise ValueError("pins need tls = 'required' (opportunistic TLS may end up in plaintext)")
+        return out
+
+
 class RelayConfig(_Model):
     """The SMTP relay: sizes, routing, retries."""
 
@@ -191,7 +233,15 @@ class RelayConfig(_Model):
         description="Mail for a domain that is neither local nor a member's: `refuse` (bounce 5.7.1) or `mx` (DNS MX).",
     )
     relay_domains: list[str] = Field(
-        default_factory=list, description="Domains this box accepts on port 25 and relays onward (e.g. sponsored edge boxes)."
+        default_factory=list,
+        description="Domains this box accepts on port 25 and relays onward (e.g. sponsored edge boxes); "
+        "each needs its next hop in `relay.relay_routes`.",
+    )
+    relay_routes: dict[str, RelayRoute] = Field(
+        default_factory=dict,
+        description="Next hop of each `relay.relay_domains` domain, by domain: "
+        "`[relay.relay_routes.\"colo.test\"]` (keys: `[relay.relay_routes.DOMAIN]` below). "
+        "Checked before the registry's member domains.",
     )
     internal_allowed_uids: list[int] = Field(
         default_factory=list,
@@ -206,8 +256,28 @@ class RelayConfig(_Model):
     delivery_workers: int = Field(20, gt=0, description="Parallel deliveries in total.")
     upstream: UpstreamConfig | None = Field(None, description="Required when box.role is `edge`.")
     ca_file: str = Field(
-        "", description="CA bundle used to verify member relays whose registry entry lists no SPKI pins (empty: system CAs)."
+        "",
+        description="CA bundle used to verify member relays whose registry entry lists no SPKI pins, and relay routes "
+        "without pins (empty: system CAs).",
     )
+
+    @field_validator("relay_domains")
+    @classmethod
+    def _relay_domains(cls, v: list[str]) -> list[str]:
+        return [_check_domain(d) for d in v]
+
+    @field_validator("relay_routes", mode="before")
+    @classmethod
+    def _route_keys(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        out = {}
+        for k, r in v.items():
+            try:
+                out[_check_domain(str(k))] = r
+            except ValueError as exc:
+                raise ValueError(f"{k!r}: {exc}") from None
+        return out
 
 
 class AccessConfig(_Model):
@@ -299,6 +369,16 @@ class Config(_Model):
             raise ValueError("relay.upstream: required when box.role is 'edge'")
         if self.box.role == "member" and not self.box.member_id:
             raise ValueError("box.member_id: required when box.role is 'member'")
+        # A domain accepted on port 25 with nowhere to send it would sit in the queue (or fall to
+        # `outside`): refuse the config instead. Routes for domains not accepted are typos.
+        for d in self.relay.relay_domains:
+            if d not in self.relay.relay_routes:
+                raise ValueError(f"relay.relay_domains: {d} has no next hop: add a [relay.relay_routes.\"{d}\"] table")
+            if d in self.box.domains:
+                raise ValueError(f"relay.relay_domains: {d} is a local domain (box.domains)")
+        for d in self.relay.relay_routes:
+            if d not in self.relay.relay_domains:
+                raise ValueError(f"relay.relay_routes.{d}: not listed in relay.relay_domains")
         return self
 
     @property
@@ -422,7 +502,8 @@ def reference_markdown() -> str:
         "Salt renders this file from pillar (`states/appliance/files/appliance.toml.jinja`);",
         "`appliance init --dev DIR` writes one for a loopback box.",
         "",
-        "`limits.classes.NAME` tables all have the keys of `LimitClass` below.",
+        "`limits.classes.NAME` tables all have the keys of `LimitClass` below;",
+        "`relay.relay_routes.DOMAIN` tables those of `RelayRoute`.",
         "",
     ]
     for name, field in Config.model_fields.items():
@@ -432,6 +513,7 @@ def reference_markdown() -> str:
         if sub is not None:
             _doc_model(sub, f"{name}.", out)
     _doc_model(LimitClass, "limits.classes.NAME.", out)
+    _doc_model(RelayRoute, "relay.relay_routes.DOMAIN.", out)
     return "\n".join(out).rstrip() + "\n"
 
 

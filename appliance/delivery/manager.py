@@ -352,6 +352,13 @@ class DeliveryManager:
                                               client_cert=self.cfg.tls.cert, client_key=self.cfg.tls.key)
                 return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
                                                policy=policy, helo=helo)
+            if dest.kind == "relay":
+                # A sponsored edge box: TLS as its route says (required unless configured
+                # otherwise), verified by the route's pins or else against relay.ca_file.
+                tls = self.cfg.relay.relay_routes[dest.domain].tls
+                policy = smtpclient.TlsPolicy(tls, self.cfg.relay.ca_file if tls == "required" else "")
+                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
+                                               policy=policy, helo=helo)
             if dest.kind == "upstream":
                 up = self.cfg.relay.upstream
                 assert up is not None

@@ -1,11 +1,15 @@
 """Where a recipient's mail goes (DESIGN.md "Routing"), decided per recipient.
 
 1. a local domain: the Maildir;
-2. a domain the registry lists for a member: that member's relay hosts, TLS
+2. a ``relay.relay_routes`` domain (a sponsored edge box): its configured next hop,
+   TLS required unless the route says otherwise. Checked before the registry: the
+   registry lists a sponsored domain under its sponsor, so a sponsor that looked it
+   up there would route it to itself;
+3. a domain the registry lists for a member: that member's relay hosts, TLS
    required, SPKI pinned when listed (a suspended member: keep and retry);
-3. role ``edge``: the configured upstream relay (checked first: an edge box is not a
-   member, so members take its mail only through its upstream);
-4. otherwise ``relay.outside``: ``refuse`` (5.7.1) or ``mx`` (DNS MX, opportunistic TLS).
+4. role ``edge``: the configured upstream relay (checked before the registry: an edge
+   box is not a member, so members take its mail only through its upstream);
+5. otherwise ``relay.outside``: ``refuse`` (5.7.1) or ``mx`` (DNS MX, opportunistic TLS).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from appliance.addresses import domain_of
 from appliance.config import Config
 from appliance.registry.model import Registry
 
-Kind = Literal["local", "member", "upstream", "mx", "refuse", "hold"]
+Kind = Literal["local", "relay", "member", "upstream", "mx", "refuse", "hold"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Destination:
     """One place mail is handed to; the unit of concurrency caps and outbound pacing."""
 
     kind: Kind
-    key: str  # "local", "member:ID", "upstream", "mx:DOMAIN"
+    key: str  # "local", "relay:DOMAIN", "member:ID", "upstream", "mx:DOMAIN"
     member_id: str = ""
     domain: str = ""
 
@@ -49,6 +53,10 @@ def route(cfg: Config, registry: Registry | None, recipient: str) -> Route:
     domain = domain_of(recipient)
     if domain in cfg.box.domains:
         return Route(Destination("local", "local", domain=domain))
+    next_hop = cfg.relay.relay_routes.get(domain)
+    if next_hop is not None:
+        return Route(Destination("relay", f"relay:{domain}", domain=domain),
+                     (Hop(next_hop.host, next_hop.port, tuple(next_hop.spki_sha256)),))
     if cfg.box.role == "edge" and cfg.relay.upstream is not None:
         # An edge box is not a member: members only take its mail through its upstream.
         up = cfg.relay.upstream

@@ -1,8 +1,7 @@
 """A consortium of appliances, one per network namespace, on one machine.
 
 Topology (docs/consortium.md has the diagram): a bridge namespace joins
-`registry` (the TUF repository, served by `appliance registry serve`, and a
-tiny DNS server for colo.test's MX), `isp-a`, `isp-b` (members), `colo` (an
+`registry` (the TUF repository, served by `appliance registry serve`), `isp-a`, `isp-b` (members), `colo` (an
 edge box relaying through isp-a with an account there), `home` (a broadband
 user: a client namespace only, no port 25), `outsider` (neither member nor
 customer) and `users` (isp-a's and isp-b's own customers) on a private 10.x /24
@@ -17,7 +16,6 @@ fresh namespace every port is free). Every client (swaks, the scripts in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -200,8 +198,6 @@ class Consortium:
     net: Net
     boxes: dict[str, Appliance] = field(default_factory=dict)
     registry_proc: subprocess.Popen[Any] | None = None
-    dns_proc: subprocess.Popen[Any] | None = None
-    etc_netns: list[Path] = field(default_factory=list)
     poll_interval: int = 3
 
     def host(self, name: str) -> Host:
@@ -221,7 +217,6 @@ class Consortium:
             net.check_routes()
             world._init_boxes(poll_interval)
             world._start_registry()
-            world._start_dns()
             for b in world.boxes.values():
                 b.up()
         except BaseException:
@@ -276,10 +271,11 @@ class Consortium:
             def change(data: dict[str, Any], name: str = name) -> None:
                 common(data)
                 if name == "isp-a":
-                    # isp-a sponsors colo: it accepts colo.test on port 25 and, with no member
-                    # route for its own sponsored domain, delivers it by MX (dnszone.py).
+                    # isp-a sponsors colo: it accepts colo.test on port 25 and hands it to colo's
+                    # port 25 by its relay route (TLS required, verified against the CA bundle).
+                    # Anything else outside the consortium is refused (the default `outside`).
                     data["relay"]["relay_domains"] = [colo.domain]
-                    data["relay"]["outside"] = "mx"
+                    data["relay"]["relay_routes"] = {colo.domain: {"host": colo.address, "port": 25}}
                 if name == "colo":
                     # Mail reaches colo by MX, which means port 25 (RFC 5321 5.1).
                     data["listeners"]["mx"]["port"] = colo.ports["mx"] = 25
@@ -335,24 +331,6 @@ class Consortium:
         if proc.returncode != 0:
             raise AssertionError(f"appliance registry {' '.join(args)}: {proc.returncode}\n{proc.stdout}{proc.stderr}")
         return proc
-
-    def _start_dns(self) -> None:
-        """colo.test's MX record, served from the registry namespace to isp-a's resolver only."""
-        reg, colo = self.net.hosts["registry"], self.boxes["colo"]
-        log = open(self.base / "dns.log", "w")
-        self.dns_proc = reg.popen(sys.executable, "-m", "tests.consortium.dnszone", "--listen", reg.address,
-                                  "--mx", f"{colo.domain}=mx.{colo.domain}={colo.address}",
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-        log.close()
-        # `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf for
-        # what it starts, so only isp-a's processes use this server.
-        etc = Path("/etc/netns") / self.boxes["isp-a"].host.name
-        if not etc.parent.exists():
-            etc.parent.mkdir()
-            self.etc_netns.append(etc.parent)
-        etc.mkdir()
-        (etc / "resolv.conf").write_text(f"nameserver {reg.address}\n")
-        self.etc_netns.append(etc)
 
     def _start_registry(self) -> None:
         reg = self.net.hosts["registry"]
@@ -470,22 +448,14 @@ class Consortium:
                 b.down()
             except Exception as exc:  # keep tearing down the rest
                 problems.append(f"{b.name}: down failed: {exc}")
-        for proc in (self.registry_proc, self.dns_proc):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-        for etc in reversed(self.etc_netns):
-            if etc == Path("/etc/netns"):
-                # Shared by every run on this machine: remove it only if no other run uses it.
-                with contextlib.suppress(OSError):
-                    etc.rmdir()
-            else:
-                shutil.rmtree(etc, ignore_errors=True)
-        problems += [f"{etc} left behind" for etc in self.etc_netns if etc.exists() and etc != Path("/etc/netns")]
+        proc = self.registry_proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
         stragglers = self.net.teardown()
         problems += [f"process {p} still running in a namespace after `down`" for p in stragglers]
         problems += self.net.leftovers()

@@ -8,7 +8,6 @@ before the first packet. docs/consortium.md says what each test proves.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import uuid
 
@@ -63,12 +62,21 @@ def test_every_box_trusts_the_same_member_list(world: Consortium) -> None:
         assert st["source"] == world.registry_url and st["alarm"] is None, (name, st)
 
 
-def test_isp_a_resolves_its_sponsored_edge_box_by_mx_inside_the_test_network(world: Consortium) -> None:
-    colo = world.boxes["colo"]
-    code = ("import dns.resolver; r = dns.resolver.resolve('colo.test', 'MX');"
-            "print(dns.resolver.resolve(str(r[0].exchange), 'A')[0])")
-    out = world.host("isp-a").run(sys.executable, "-c", code, check=True).stdout.strip()
-    assert out == colo.address
+def test_isp_a_routes_its_sponsored_edge_box_by_relay_route_and_refuses_the_rest(world: Consortium) -> None:
+    from appliance.config import load
+    from appliance.delivery.routing import route
+    from appliance.registry import model as registry_model
+
+    colo, isp_a = world.boxes["colo"], world.boxes["isp-a"]
+    cfg = load(isp_a.config_file)
+    registry = registry_model.load(isp_a.dir / "lib" / "registry" / "registry.json")
+    # The registry lists colo.test under isp-a; isp-a's relay route wins, so it never routes it to itself.
+    assert registry.member_for_domain(colo.domain).id == "isp-a"
+    rt = route(cfg, registry, f"home@{colo.domain}")
+    assert rt.destination.kind == "relay" and [(h.host, h.port) for h in rt.hops] == [(colo.address, 25)]
+    # No DNS MX drift: a domain that is neither a member's nor sponsored is refused.
+    assert cfg.relay.outside == "refuse"
+    assert route(cfg, registry, "someone@elsewhere.test").destination.kind == "refuse"
 
 
 # --- (1) home -> colo -> isp-a -> isp-b, and the reply back ----------------------------------------
