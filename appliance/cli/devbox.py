@@ -32,5 +32,5 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {box.config_file}")
     for name, port in box.ports.items():
         print(f"  {name:<12} {args.host}:{port}")
-    print(f"next: appliance -c {box.config_file} user add alice@{args.domain} && appliance -c {box.config_file} up")
+    print(f"next: appliance -c {box.config_file} user add alice@{args.domain}; appliance -c {box.config_file} up")
     return 0
