@@ -12,24 +12,13 @@ as they are (exit 1): the relay itself refuses non-members as well.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import subprocess
 import sys
 
 from appliance.config import ConfigError, load
+from appliance.registry.firewall import render
 from appliance.registry.model import RegistryError
 from appliance.registry.model import load as load_registry
-
-TABLE = "inet appliance"
-
-
-def ruleset(v4: list[str], v6: list[str]) -> str:
-    lines = [f"flush set {TABLE} consortium_v4", f"flush set {TABLE} consortium_v6"]
-    if v4:
-        lines.append("add element %s consortium_v4 { %s }" % (TABLE, ", ".join(v4)))
-    if v6:
-        lines.append("add element %s consortium_v6 { %s }" % (TABLE, ", ".join(v6)))
-    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -52,10 +41,9 @@ def main() -> int:
     except (OSError, ValueError, RegistryError) as exc:
         print(f"appliance-firewall-sync: {path}: {exc}; sets left unchanged", file=sys.stderr)
         return 1
+    # The same rendering the registry agent uses, so both fill the sets identically.
+    script = render(registry)
     nets = {n for m in registry.members if m.active for r in m.relays for n in r.addresses}
-    v4 = sorted((str(n) for n in nets if isinstance(n, ipaddress.IPv4Network)), key=lambda s: ipaddress.ip_network(s))
-    v6 = sorted((str(n) for n in nets if isinstance(n, ipaddress.IPv6Network)), key=lambda s: ipaddress.ip_network(s))
-    script = ruleset(v4, v6)
     if args.dry_run:
         sys.stdout.write(script)
         return 0
@@ -63,7 +51,7 @@ def main() -> int:
     if proc.returncode != 0:
         print(f"appliance-firewall-sync: nft: {proc.stderr.strip()}", file=sys.stderr)
         return 1
-    print(f"appliance-firewall-sync: port 25 open to {len(v4)} IPv4 and {len(v6)} IPv6 networks of active members")
+    print(f"appliance-firewall-sync: port 25 open to {len(nets)} networks of active members")
     return 0
 
 
