@@ -113,10 +113,6 @@ class PathsConfig(_Model):
     def internal_socket(self) -> Path:
         return Path(self.run_dir) / "submit.sock"
 
-    @property
-    def queue_dir(self) -> Path:
-        return Path(self.spool_dir)
-
 
 class TlsConfig(_Model):
     """The certificate every TLS listener presents."""
@@ -389,14 +385,12 @@ class Config(_Model):
         return self.dkim.domains or list(self.box.domains)
 
 
-def _format_error(path: str, err: dict[str, Any], data: dict[str, Any]) -> str:
+def _format_error(path: str, err: dict[str, Any]) -> str:
     loc = [str(p) for p in err.get("loc", ())]
     msg = err.get("msg", "invalid")
     # Cross-field checks report their key inside the message.
     if not loc and ": " in msg:
-        prefix = "Value error, "
-        msg = msg.removeprefix(prefix)
-        key, _, reason = msg.partition(": ")
+        key, _, reason = msg.removeprefix("Value error, ").partition(": ")
         return f"{path}: key {key}: {reason}"
     key = ".".join(loc)
     if err.get("type") == "extra_forbidden":
@@ -415,7 +409,7 @@ def parse(data: dict[str, Any], path: str = "<config>") -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        raise ConfigError(_format_error(path, dict(first), data)) from None
+        raise ConfigError(_format_error(path, dict(first))) from None
     return cfg.model_copy(update={"source": path})
 
 

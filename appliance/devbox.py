@@ -30,8 +30,17 @@ LISTENER_TLS = {
 }
 
 
+# [paths] of a box that keeps everything under one directory: key -> subdirectory.
+DEV_PATHS = {"state_dir": "lib", "spool_dir": "spool", "mail_dir": "mail", "run_dir": "run", "log_dir": "log"}
+
+
 class DevBoxError(Exception):
     pass
+
+
+def paths_under(d: Path) -> dict[str, str]:
+    """The [paths] table of a box whose state all lives under D (dev boxes, test configs)."""
+    return {key: str(d / sub) for key, sub in DEV_PATHS.items()}
 
 
 @dataclass
@@ -82,7 +91,7 @@ def init_dev(
     domain = config_mod._check_domain(domain)
     hostname = hostname or f"mx.{domain}"
     ports = pick_ports(host, base_port)
-    for sub in ("etc/tls", "etc/dkim", "lib", "spool", "mail", "run", "log"):
+    for sub in ("etc/tls", "etc/dkim", *DEV_PATHS.values()):
         (d / sub).mkdir(parents=True, exist_ok=True)
 
     cert, key = d / "etc/tls/cert.pem", d / "etc/tls/key.pem"
@@ -100,13 +109,7 @@ def init_dev(
             "member_id": member_id,
             "postmaster": f"postmaster@{domain}",
         },
-        "paths": {
-            "state_dir": str(d / "lib"),
-            "spool_dir": str(d / "spool"),
-            "mail_dir": str(d / "mail"),
-            "run_dir": str(d / "run"),
-            "log_dir": str(d / "log"),
-        },
+        "paths": paths_under(d),
         "tls": {"cert": str(cert), "key": str(key), "source": "self-signed"},
         "dkim": {"selector": "mail", "key": str(dkim_key)},
         "listeners": {

@@ -185,12 +185,13 @@ class EnvelopeError(ValueError):
     """The message or options give no usable envelope; the text is safe to show a client."""
 
 
-def envelope(message: bytes, account: str, sender: str | None, recipients: list[str] | None) -> tuple[str, list[str], bytes]:
-    """Envelope (sender, recipients) and the bytes to relay.
+def envelope(message: bytes, account: str, sender: str | None, recipients: list[str] | None) -> tuple[str, list[str]]:
+    """Envelope (sender, recipients) for relaying MESSAGE.
 
     Sender: the FROM option or the account's address. Recipients: the RECIPIENT
-    options, or else To/Cc/Bcc of the message. Bcc: is removed from the relayed
-    copy (the stored copy keeps it).
+    options, or else To/Cc/Bcc of the message. The relay removes Bcc: from the
+    relayed copy, as for any submission (appliance.message.strip_bcc); the stored
+    copy keeps it.
     """
     try:
         env_from = normalize_address(sender) if sender else account
@@ -210,24 +211,4 @@ def envelope(message: bytes, account: str, sender: str | None, recipients: list[
                     rcpts.append(a)
     if not rcpts:
         raise EnvelopeError("no recipients: the message has no To, Cc or Bcc and none were given")
-    return env_from, rcpts, strip_bcc(message)
-
-
-def strip_bcc(message: bytes) -> bytes:
-    """MESSAGE without its Bcc: header field (with continuation lines)."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0 or (0 <= message.find(b"\n\n") < end):
-        end = message.find(b"\n\n")
-    if end < 0:
-        end = len(message)
-    head, rest = message[:end], message[end:]
-    lines = head.split(b"\n")
-    out: list[bytes] = []
-    skipping = False
-    for line in lines:
-        if line[:1] in (b" ", b"\t") and skipping:
-            continue
-        skipping = line[:4].lower() == b"bcc:"
-        if not skipping:
-            out.append(line)
-    return b"\n".join(out) + rest
+    return env_from, rcpts

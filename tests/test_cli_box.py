@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from appliance.catalog import SERVICES
 from tests.helpers.box import Box, pids_under
@@ -16,7 +17,6 @@ def test_init_writes_a_complete_dev_box(box: Box) -> None:
     (member,) = reg["members"]
     assert member["status"] == "active" and member["relays"][0]["addresses"] == ["127.0.0.1/32"]
     # Private keys are not world-readable.
-    import os
     assert os.stat(cfg.tls.key).st_mode & 0o077 == 0
     assert os.stat(cfg.dkim.key).st_mode & 0o077 == 0
 

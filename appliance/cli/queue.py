@@ -126,6 +126,13 @@ def _check_id(qid: str) -> str:
     return qid
 
 
+def _queued_id(spool: Spool, qid: str) -> str:
+    """QID, checked to be a queue id of a message in SPOOL's queue."""
+    if not spool.path(_check_id(qid)).exists():
+        raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}")
+    return qid
+
+
 def _ask_relay(spool: Spool, action: str, qid: str = "") -> None:
     req = spool.request(action, qid)
     deadline = time.monotonic() + REQUEST_WAIT
@@ -137,15 +144,19 @@ def _ask_relay(spool: Spool, action: str, qid: str = "") -> None:
 
 
 def _mark_due(spool: Spool, qid: str) -> None:
-    e = entry_from(spool.load(qid, with_data=False), spool.read_log(qid))
+    try:
+        msg = spool.load(qid, with_data=False)
+    except FileNotFoundError:
+        raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}") from None
+    except SpoolFormatError as exc:
+        raise CommandError(f"queue id {qid}: corrupt queue file ({exc})") from None
+    e = entry_from(msg, spool.read_log(qid))
     spool.append_log(qid, [{"e": "deferred", "attempts": e.attempts, "next": 0}])
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     spool = _spool(args)
-    qid = _check_id(args.id)
-    if not spool.path(qid).exists():
-        raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}")
+    qid = _queued_id(spool, args.id)
     if spool.relay_running():
         _ask_relay(spool, "retry", qid)
         print(f"{qid}: delivery attempt started")
@@ -161,18 +172,20 @@ def cmd_flush(args: argparse.Namespace) -> int:
         _ask_relay(spool, "flush")
         print("delivery attempts started for every queued message")
     else:
-        ids = spool.ids()
-        for qid in ids:
-            _mark_due(spool, qid)
-        print(f"relay not running; {len(ids)} message(s) will be attempted as soon as it starts")
+        marked = 0
+        for qid in spool.ids():
+            try:
+                _mark_due(spool, qid)
+                marked += 1
+            except CommandError as exc:  # gone meanwhile, or corrupt: start-up recovery quarantines it
+                print(f"skipped {exc}")
+        print(f"relay not running; {marked} message(s) will be attempted as soon as it starts")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     spool = _spool(args)
-    qid = _check_id(args.id)
-    if not spool.path(qid).exists():
-        raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}")
+    qid = _queued_id(spool, args.id)
     if spool.relay_running():
         _ask_relay(spool, "delete", qid)
     else:

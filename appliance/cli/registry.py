@@ -20,6 +20,8 @@ import argparse
 import ipaddress
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +106,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.set_defaults(func=cmd_sync)
 
 
-def _repo(args: argparse.Namespace) -> repo_mod.OperatorRepo:
+@contextmanager
+def _refused() -> Iterator[None]:
+    """A RepoError (one line saying why) becomes the command's error."""
     try:
-        return repo_mod.OperatorRepo(args.repo_dir, args.keys_dir)
+        yield
     except repo_mod.RepoError as exc:
         raise CommandError(str(exc)) from None
+
+
+def _repo(args: argparse.Namespace) -> repo_mod.OperatorRepo:
+    with _refused():
+        return repo_mod.OperatorRepo(args.repo_dir, args.keys_dir)
 
 
 def _role_map(items: list[str], flag: str) -> dict[str, int]:
@@ -123,13 +132,11 @@ def _role_map(items: list[str], flag: str) -> dict[str, int]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     keys_dir = args.keys_dir[0] if args.keys_dir else None
-    try:
+    with _refused():
         r = repo_mod.init_repo(
             args.repo_dir, keys_dir, keys=_role_map(args.keys, "--keys"),
             thresholds=_role_map(args.threshold, "--threshold"), expiry_days=_role_map(args.expires, "--expires"),
             consortium=args.consortium, code_of_practice=args.code_of_practice)
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     print(f"initialised {r.dir}")
     print(f"  private keys:  {r.keys_dirs[0]} (0600; keep them offline, never in {r.public_dir})")
     print(f"  published:     {r.public_dir} (serve it: `appliance registry serve {r.dir}`)")
@@ -240,29 +247,25 @@ def cmd_add_member(args: argparse.Namespace) -> int:
               "relays": fields["relays"]}
     if "limits" in fields:
         member["limits"] = fields["limits"]
-    try:
+    with _refused():
         r.add_member(member)
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     return _after_edit(r, f"member {args.id} added ({member['status']})")
 
 
 def cmd_update_member(args: argparse.Namespace) -> int:
     r = _repo(args)
-    try:
+    with _refused():
         existing = r._find(r.draft(), args.id)
         changes = _member_fields(args, existing)
         if not changes:
             raise CommandError("update-member: nothing to change (give --name, --domain, --relay, --pin, ...)")
         r.update_member(args.id, changes)
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     return _after_edit(r, f"member {args.id} updated ({', '.join(sorted(changes))})")
 
 
 def cmd_member_status(args: argparse.Namespace) -> int:
     r = _repo(args)
-    try:
+    with _refused():
         if args.action == "remove":
             r.remove_member(args.id)
             done = "removed"
@@ -273,14 +276,12 @@ def cmd_member_status(args: argparse.Namespace) -> int:
                 raise CommandError(f"member {args.id}: already {status}")
             r.set_status(args.id, status)
             done = status
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     return _after_edit(r, f"member {args.id} {done}")
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     r = _repo(args)
-    try:
+    with _refused():
         md = r.rotate_key(args.role, keys=args.keys, threshold=args.threshold, replace=args.replace)
         print(f"root version {md.signed.version}: {args.role} keys "
               f"{', '.join(k[:16] for k in md.signed.roles[args.role].keyids)} "
@@ -288,17 +289,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
         if not args.no_publish:
             pub = r.publish()
             print(f"published: targets v{pub.targets}, snapshot v{pub.snapshot}, timestamp v{pub.timestamp}")
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     r = _repo(args)
-    try:
+    with _refused():
         pub = r.publish(timestamp_only=args.timestamp_only)
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     print(f"published {r.public_dir}: root v{pub.root}, targets v{pub.targets}, snapshot v{pub.snapshot}, "
           f"timestamp v{pub.timestamp}; expires {pub.expires.isoformat()}")
     return 0
@@ -306,11 +303,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     r = _repo(args)
-    try:
+    with _refused():
         reg = r.published_registry() if args.published else r.draft()
         pub = r.published()
-    except repo_mod.RepoError as exc:
-        raise CommandError(str(exc)) from None
     if reg is None:
         raise CommandError("nothing published yet")
     if args.json:

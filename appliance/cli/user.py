@@ -11,10 +11,12 @@ import getpass
 import json
 import secrets
 import sys
+from pathlib import Path
 
 from appliance.accounts import AccountError, AccountStore, LimitOverride
 from appliance.addresses import AddressError, domain_of
 from appliance.cli import CommandError, config_from
+from appliance.config import Config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,16 +64,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for verb, helptext in (("disable", "refuse logins"), ("enable", "allow logins again")):
         x = s.add_parser(verb, help=helptext)
         x.add_argument("address")
-        x.set_defaults(func=cmd_disable if verb == "disable" else cmd_enable)
+        x.set_defaults(func=cmd_disable_enable)
 
     rel = s.add_parser("release", help="release an account held by the abuse brake")
     rel.add_argument("address")
     rel.set_defaults(func=cmd_release)
 
 
-def _store(args: argparse.Namespace) -> tuple[AccountStore, object]:
+def _store(args: argparse.Namespace) -> tuple[AccountStore, Config]:
     cfg = config_from(args)
     return AccountStore(cfg.paths.accounts_db), cfg
+
+
+def _check_limit_class(cfg: Config, limit_class: str) -> None:
+    if limit_class not in cfg.limits.classes:
+        raise CommandError(f"--class {limit_class}: no such limit class in limits.classes")
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -102,10 +109,9 @@ def _guard(fn):  # type: ignore[no-untyped-def]
 @_guard
 def cmd_add(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
-    if domain_of(args.address) not in cfg.box.domains:  # type: ignore[attr-defined]
-        raise CommandError(f"{args.address}: domain is not one of this box's domains ({', '.join(cfg.box.domains)})")  # type: ignore[attr-defined]
-    if args.limit_class not in cfg.limits.classes:  # type: ignore[attr-defined]
-        raise CommandError(f"--class {args.limit_class}: no such limit class in limits.classes")
+    if domain_of(args.address) not in cfg.box.domains:
+        raise CommandError(f"{args.address}: domain is not one of this box's domains ({', '.join(cfg.box.domains)})")
+    _check_limit_class(cfg, args.limit_class)
     pw = secrets.token_urlsafe(12) if args.generate else _read_password(args)
     acct = store.add(args.address, pw, args.limit_class)
     _make_maildir(cfg, acct.address)
@@ -115,12 +121,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _make_maildir(cfg: object, address: str) -> None:
-    from pathlib import Path
-
+def _make_maildir(cfg: Config, address: str) -> None:
     local, domain = address.split("@", 1)
-    base = Path(cfg.paths.mail_dir) / domain / local  # type: ignore[attr-defined]
-    folders = [base] + [base / f".{name}" for name in cfg.access.special_folders]  # type: ignore[attr-defined]
+    base = Path(cfg.paths.mail_dir) / domain / local
+    folders = [base] + [base / f".{name}" for name in cfg.access.special_folders]
     for f in folders:
         for sub in ("tmp", "new", "cur"):
             (f / sub).mkdir(parents=True, exist_ok=True)
@@ -190,8 +194,7 @@ def cmd_limits(args: argparse.Namespace) -> int:
     if store.get(args.address) is None:
         raise CommandError(f"no account {args.address}")
     if args.limit_class:
-        if args.limit_class not in cfg.limits.classes:  # type: ignore[attr-defined]
-            raise CommandError(f"--class {args.limit_class}: no such limit class in limits.classes")
+        _check_limit_class(cfg, args.limit_class)
         store.set_limit_class(args.address, args.limit_class)
     if args.clear:
         store.set_limits(args.address, None)
@@ -206,13 +209,13 @@ def cmd_limits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sent_today(cfg: object, address: str) -> int:
+def _sent_today(cfg: Config, address: str) -> int:
     import time
 
     from appliance.ratelimit.keys import account_key
     from appliance.ratelimit.store import LimitStore, limits_db
 
-    limits = LimitStore(limits_db(cfg))  # type: ignore[arg-type]
+    limits = LimitStore(limits_db(cfg))
     try:
         return limits.daily_count(account_key(address), time.time())
     finally:
@@ -220,18 +223,10 @@ def _sent_today(cfg: object, address: str) -> int:
 
 
 @_guard
-def cmd_disable(args: argparse.Namespace) -> int:
+def cmd_disable_enable(args: argparse.Namespace) -> int:
     store, _ = _store(args)
-    store.set_disabled(args.address, True)
-    print(f"disabled {args.address}")
-    return 0
-
-
-@_guard
-def cmd_enable(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
-    store.set_disabled(args.address, False)
-    print(f"enabled {args.address}")
+    store.set_disabled(args.address, args.user_command == "disable")
+    print(f"{args.user_command}d {args.address}")
     return 0
 
 
@@ -242,6 +237,6 @@ def cmd_release(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
     # Lifts the hold and resets the abuse brake's window, so the events that
     # tripped it cannot trip it again at the account's next message.
-    release(cfg, store, args.address)  # type: ignore[arg-type]
+    release(cfg, store, args.address)
     print(f"released {args.address}")
     return 0

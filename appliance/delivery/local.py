@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.accounts import AccountStore
-from appliance.delivery.maildir import ensure_maildir, maildir_path, unique_name
+from appliance.delivery.maildir import ensure_maildir, unique_name
 from appliance.delivery.outcome import Outcome, deferred, failed
+from appliance.mailstore import maildir_path
 from appliance.spool.format import SpooledMessage
 from appliance.spool.spool import fsync_dir
 

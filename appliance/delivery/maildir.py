@@ -1,4 +1,5 @@
-"""Maildir paths and names (delivery itself, with group commit, is in local.py).
+"""Maildir directories and file names for delivery (group commit is in local.py; an account's
+Maildir path is ``appliance.mailstore.maildir_path``, shared with the access service).
 
 A file becomes visible to the access service only complete (written in tmp/,
 fsynced, renamed into new/), and a recipient counts as delivered only after
@@ -15,11 +16,6 @@ from pathlib import Path
 
 _counter = itertools.count()
 _HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-
-
-def maildir_path(mail_dir: str | Path, account: str) -> Path:
-    local, domain = account.rsplit("@", 1)
-    return Path(mail_dir) / domain / local
 
 
 def ensure_maildir(path: Path) -> None:

@@ -38,12 +38,12 @@ LETTER_FLAGS = {v: k for k, v in FLAG_LETTERS.items()}
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 _counter = itertools.count(1)  # next() is atomic in CPython: writes run in worker threads
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
 
 
 def _unique_name() -> str:
     now = time.time()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{host}"
+    return f"{int(now)}.M{int(now * 1e6) % 1_000_000}P{os.getpid()}Q{next(_counter)}.{_HOST}"
 
 
 def crlf(data: bytes) -> bytes:
@@ -114,7 +114,6 @@ class Folder:
         self.uidvalidity = 0
         self.next_uid = 1
         self.entries: dict[int, Entry] = {}
-        self.by_base: dict[str, int] = {}
         self.recent: set[int] = set()  # RFC 3501 \Recent: new since some session last claimed them
         self.pending: set[int] = set()  # UIDs reserved by writes in progress
         self._stamp: tuple[int, int, int] | None = None
@@ -282,7 +281,6 @@ class Folder:
                 _fsync_dir(self.path / "cur")
             removed = len(known) != len(entries) - len(added) or any(b not in files for b in known)
             self.entries = entries
-            self.by_base = {e.base: uid for uid, e in entries.items()}
             if removed or not (self.path / UIDLIST).exists():
                 self._write_list()
             elif added:
@@ -381,7 +379,6 @@ class Folder:
         with self._locked():
             self.pending.discard(e.uid)
             self.entries[e.uid] = e
-            self.by_base[e.base] = e.uid
             self._append_list([e], sync=bool(e.keywords))
             if e.keywords:
                 self.define_keywords(e.keywords)
@@ -424,7 +421,6 @@ class Folder:
                 e = self.entries.pop(uid, None)
                 if e is None:
                     continue
-                self.by_base.pop(e.base, None)
                 self.recent.discard(uid)
                 try:
                     os.unlink(self.path / e.sub / e.filename)
@@ -445,11 +441,12 @@ class Folder:
         return defined | {k for e in self.entries.values() for k in e.keywords}
 
     def define_keywords(self, keywords: Iterable[str]) -> None:
-        new = set(keywords) - self.defined_keywords()
+        defined = self.defined_keywords()
+        new = set(keywords) - defined
         if new:
             p = self.path / KEYWORDS_FILE
             tmp = self.path / (KEYWORDS_FILE + ".tmp")
-            tmp.write_text("".join(f"{k}\n" for k in sorted(self.defined_keywords() | new)))
+            tmp.write_text("".join(f"{k}\n" for k in sorted(defined | new)))
             os.replace(tmp, p)
 
     def claim_recent(self) -> set[int]:

@@ -59,22 +59,21 @@ class Gcra:
     def __len__(self) -> int:
         return len(self._tat)
 
-    def peek(self, key: str, rate: Rate, cost: float = 1) -> float:
-        """Seconds until COST units would pass (0.0: they would pass now). Changes nothing."""
+    def _after(self, key: str, rate: Rate, cost: float) -> tuple[float, float]:
+        """Now, and KEY's TAT once COST more units are counted (a TAT in the past counts from now)."""
         now = self._now()
         tat = self._tat.get(key, now)
-        if tat < now:
-            tat = now
-        over = tat + cost * rate.interval - now - rate.capacity
+        return now, max(tat, now) + cost * rate.interval
+
+    def peek(self, key: str, rate: Rate, cost: float = 1) -> float:
+        """Seconds until COST units would pass (0.0: they would pass now). Changes nothing."""
+        now, new = self._after(key, rate, cost)
+        over = new - now - rate.capacity
         return over if over > 1e-9 else 0.0
 
     def take(self, key: str, rate: Rate, cost: float = 1) -> float:
         """Consume COST units if they pass now (returns 0.0); else change nothing and return the wait."""
-        now = self._now()
-        tat = self._tat.get(key, now)
-        if tat < now:
-            tat = now
-        new = tat + cost * rate.interval
+        now, new = self._after(key, rate, cost)
         over = new - now - rate.capacity
         if over > 1e-9:
             return over
@@ -84,11 +83,7 @@ class Gcra:
 
     def hit(self, key: str, rate: Rate, cost: float = 1) -> float:
         """Count COST units whether or not they pass (every attempt counts); return the wait, 0.0 if within limit."""
-        now = self._now()
-        tat = self._tat.get(key, now)
-        if tat < now:
-            tat = now
-        new = tat + cost * rate.interval
+        now, new = self._after(key, rate, cost)
         over = new - now - rate.capacity
         self._tat[key] = min(new, now + rate.capacity * MAX_DEBT_WINDOWS)
         self._maybe_sweep(now)
@@ -96,11 +91,7 @@ class Gcra:
 
     def schedule(self, key: str, rate: Rate, cost: float = 1) -> float:
         """Reserve the next slot for COST units and return how long to wait before using it (pacing)."""
-        now = self._now()
-        tat = self._tat.get(key, now)
-        if tat < now:
-            tat = now
-        new = tat + cost * rate.interval
+        now, new = self._after(key, rate, cost)
         self._tat[key] = new
         self._maybe_sweep(now)
         wait = new - now - rate.capacity

@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import socket
-import time
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -21,7 +19,6 @@ from pathlib import Path
 from appliance.config import Config
 
 log = logging.getLogger("appliance.ratelimit")
-_counter = 0
 
 
 def postmaster_maildir(cfg: Config) -> Path | None:
@@ -34,7 +31,9 @@ def postmaster_maildir(cfg: Config) -> Path | None:
 
 def notify_postmaster(cfg: Config, subject: str, body: str) -> Path | None:
     """Deliver a notification to the postmaster's Maildir; returns the file, or None if not local."""
-    global _counter
+    # Here, not at the top: importing the delivery package costs the CLI's start-up ~70 ms.
+    from appliance.delivery.maildir import ensure_maildir, unique_name
+
     maildir = postmaster_maildir(cfg)
     if maildir is None:
         log.warning("postmaster %s is not local: notification only logged: %s", cfg.box.postmaster_address, subject)
@@ -48,10 +47,8 @@ def notify_postmaster(cfg: Config, subject: str, body: str) -> Path | None:
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to this
     msg.set_content(body)
     data = msg.as_bytes().replace(b"\r\n", b"\n")
-    for sub in ("tmp", "new", "cur"):
-        (maildir / sub).mkdir(parents=True, exist_ok=True)
-    _counter += 1
-    name = f"{time.time():.6f}.P{os.getpid()}Q{_counter}.{socket.gethostname()}"
+    ensure_maildir(maildir)
+    name = unique_name(len(data))
     tmp = maildir / "tmp" / name
     with open(tmp, "wb") as fh:
         fh.write(data)

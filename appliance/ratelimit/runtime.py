@@ -16,7 +16,6 @@ from appliance.ratelimit.brake import AbuseBrake
 from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
 from appliance.ratelimit.limiter import Limiter
 from appliance.ratelimit.pacer import Pacer
-from appliance.ratelimit.store import LimitStore, limits_db
 
 
 class LazyAccounts:
@@ -55,7 +54,7 @@ _runtimes: dict[int, tuple[Config, LimitRuntime]] = {}
 
 
 def build(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> LimitRuntime:
-    limiter = Limiter(cfg, LimitStore(limits_db(cfg), clock.time), clock)
+    limiter = Limiter.open(cfg, clock)
     # Its own connection: the brake writes holds while the relay's checks read accounts.
     accounts = LazyAccounts(cfg)
     brake = AbuseBrake(cfg, limiter.store, accounts, clock)  # type: ignore[arg-type]

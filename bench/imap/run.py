@@ -110,12 +110,6 @@ def main() -> int:
     data.setdefault("limits", {})["auth_failures_per_ip"] = 1000
     box.config_file.write_text(tomli_w.dumps(data))
     box.add_user("bench", PASSWORD)
-    relay = None
-    from appliance.catalog import built_services
-
-    if "relay" not in {s.name for s in built_services()}:
-        relay = subprocess.Popen([sys.executable, "-m", "services.relay", "-c", str(box.config_file)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     box.up()
     # Dovecot verifies the very same argon2id hash the appliance stores (same cost), so the
     # login comparison is of the servers, not of the password schemes.
@@ -139,9 +133,6 @@ def main() -> int:
     finally:
         dv.stop()
         box.down()
-        if relay is not None:
-            relay.terminate()
-            relay.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = {k: (ours[k] / theirs[k] if "per_s" in k else theirs[k] / ours[k]) for k in ours}
     print("\n| metric | access | Dovecot | ratio (access vs Dovecot, >1 is faster) |\n| --- | --- | --- | --- |")

@@ -66,10 +66,10 @@ class Backend:
              recipients: list[str] | None = None) -> defer.Deferred[Reply]:
         """Hand MESSAGE to the relay as ACCOUNT; fires with the relay's reply (never errbacks)."""
         try:
-            env_from, rcpts, data = envelope(message, account, sender, recipients)
+            env_from, rcpts = envelope(message, account, sender, recipients)
         except EnvelopeError as exc:
             return defer.succeed(Reply(554, str(exc), "5.6.0"))
         max_size = self.cfg.relay.max_message_size
-        if len(data) > max_size:
+        if len(message) > max_size:
             return defer.succeed(Reply(552, f"message exceeds the size limit of {max_size} bytes", "5.3.4"))
-        return threads.deferToThread(self.submit.submit, account, client_ip, protocol, env_from, rcpts, data)
+        return threads.deferToThread(self.submit.submit, account, client_ip, protocol, env_from, rcpts, message)

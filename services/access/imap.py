@@ -495,10 +495,9 @@ class IMAPServer(imap4.IMAP4Server):
         self._send_flags(view, bool(rw))
         self.sendUntaggedResponse(b"%d EXISTS" % len(view.uids))
         self.sendUntaggedResponse(b"%d RECENT" % len(view.recent))
-        for seq, uid in enumerate(view.uids, 1):
-            if "S" not in folder.entries[uid].letters:
-                self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % seq)
-                break
+        first_unseen = folder.first_unseen()
+        if first_unseen is not None:
+            self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % first_unseen)
         self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % folder.uidvalidity)
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % folder.next_uid)
         self.view = view
@@ -748,8 +747,8 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendBadResponse(tag, str(exc).encode())
             return
         sets_seen = view.writeable and any(
-            (p.type == "body" and not p.peek and (p.empty or p.text or p.header or p.mime or p.part))
-            or p.type in ("rfc822", "rfc822text") for p in query)
+            (p.type == "body" and not p.peek and _has_section(p)) or p.type in ("rfc822", "rfc822text")
+            for p in query)
         if len(chosen) <= FETCH_BATCH:
             self._fetch_batch(chosen, query, bool(uid), sets_seen)
             self.sendPositiveResponse(tag, b"FETCH completed")
@@ -846,6 +845,7 @@ class IMAPServer(imap4.IMAP4Server):
             self.sendBadResponse(tag, b"Invalid STORE mode " + mode)
             return
         given = [f.decode("utf-8", "replace") for f in flags]
+        lower = {g.lower() for g in given}
         folder = self.view.folder
         new_keywords = {g for g in given if not g.startswith("\\")} - self.view.keywords
         if new_keywords and op != b"-FLAGS":
@@ -858,7 +858,6 @@ class IMAPServer(imap4.IMAP4Server):
             if entry is None:
                 continue
             current = entry.flags()
-            lower = {g.lower() for g in given}
             if op == b"FLAGS":
                 new = given
             elif op == b"+FLAGS":

@@ -115,15 +115,6 @@ def locate(data: bytes, path: tuple[int, ...]) -> tuple[bytes, bool] | None:
     return entity, is_message
 
 
-def section(data: bytes, path: tuple[int, ...]) -> bytes | None:
-    """BODY[PATH] content: a carried message whole, any other part without its MIME header."""
-    found = locate(data, path)
-    if found is None:
-        return None
-    entity, is_message = found
-    return entity if is_message else split_header(entity)[1]
-
-
 def text_parts(data: bytes) -> list[str]:
     """Decoded text of the leaf parts (for SEARCH BODY/TEXT, as Dovecot searches decoded text)."""
     out = []

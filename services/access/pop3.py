@@ -188,8 +188,7 @@ class POP3Server(basic.LineReceiver, policies.TimeoutMixin):
 
     def _msg(self, arg: bytes) -> int | None:
         """0-based index for message number ARG, or None after answering -ERR."""
-        if self.state != "transaction":
-            self.err(b"Not logged in")
+        if not self._transaction():
             return None
         try:
             n = int(arg.split()[0])

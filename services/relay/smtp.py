@@ -69,12 +69,12 @@ log = logging.getLogger("relay.smtp")
 DATA_BLOCK = 65536
 TERMINATOR = b"\r\n.\r\n"
 SUBMISSION = ("submission", "submissions")
-# <local@domain> made only of atom characters and a dotted domain: nothing for a parser to interpret.
 # Per-connection command budgets (aiosmtpd answers "421 4.7.0 ... sent too many times" and closes):
 # generous for mail, tight for what only a prober repeats.
 COMMAND_LIMITS = {"*": 100_000, "AUTH": 10, "EHLO": 20, "HELO": 20, "STARTTLS": 2, "NOOP": 1000, "VRFY": 10,
                   "XUSER": 5}
 _AUTH_PARAM = re.compile(r"\s+AUTH=\S*", re.IGNORECASE)
+# <local@domain> made only of atom characters and a dotted domain: nothing for a parser to interpret.
 _PLAIN_PATH = re.compile(r"<([A-Za-z0-9!#$&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+)>(.*)", re.DOTALL)
 
 
@@ -258,8 +258,8 @@ class RelaySMTP(SMTP):
             # The common case, without the email package's (slow) RFC 5322 parser.
             return plain.group(1), plain.group(2)
         address, rest = super()._getaddr(arg)
-        if address and arg.lstrip().startswith("<"):
-            inner = arg.lstrip()[1:].split(">", 1)[0]
+        if address and stripped.startswith("<"):
+            inner = stripped[1:].split(">", 1)[0]
             if inner != address:
                 address = inner
         return address, rest
@@ -401,27 +401,30 @@ class RelaySMTP(SMTP):
         started = time.monotonic()
         try:
             if too_big:
-                verdict: Verdict = MESSAGE_TOO_BIG.verdict("size", limit=self.data_size_limit)
-            elif body.count(b"\n") != body.count(b"\r\n") or body.count(b"\r") != body.count(b"\r\n"):
+                verdict: Verdict = self.data_refused(MESSAGE_TOO_BIG.verdict("size", limit=self.data_size_limit))
+            elif (crlf := body.count(b"\r\n")) != body.count(b"\n") or body.count(b"\r") != crlf:
                 # SMTP smuggling: a bare LF or CR could end DATA at a less careful next hop.
-                verdict = BARE_NEWLINE.verdict("smuggling")
+                verdict = self.data_refused(BARE_NEWLINE.verdict("smuggling"))
             else:
                 verdict = await self.app.handler.accept_message(self, body)
         except Exception:
             log.exception("DATA failed ip=%s", self.psession.client_ip if self.psession else "?")
             metrics.INTERNAL_ERRORS.labels("data").inc()
-            verdict = INTERNAL_ERROR.verdict()
-        if verdict.code != 250:
-            ps = self.psession
-            assert ps is not None
-            metrics.VERDICTS.labels(self.listener, "data", verdict.origin, str(verdict.code)).inc()
-            log.info("%s data ip=%s login=%s member=%s: %s (%s)", self.listener, ps.client_ip, ps.login,
-                     ps.member_id, verdict.reply(), verdict.origin)
+            verdict = self.data_refused(INTERNAL_ERROR.verdict())
         metrics.DATA_LATENCY.observe(time.monotonic() - started)
         self._set_post_data_state()
         if verdict.code == 250:
             faults.point("before_reply")  # crash-safety tests: the message is stored, the client not told
         await self.reply(verdict)
+
+    def data_refused(self, verdict: Verdict) -> Verdict:
+        """Count and log a DATA refusal made outside the policy pipeline (the pipeline counts its own)."""
+        ps = self.psession
+        assert ps is not None
+        metrics.VERDICTS.labels(self.listener, "data", verdict.origin, str(verdict.code)).inc()
+        log.info("%s data ip=%s login=%s member=%s: %s (%s)", self.listener, ps.client_ip, ps.login,
+                 ps.member_id, verdict.reply(), verdict.origin)
+        return verdict
 
     async def _read_data(self) -> tuple[bytes, bool]:
         """Read to ``<CRLF>.<CRLF>``; return (unstuffed data, whether it was over the size limit).
@@ -590,11 +593,11 @@ class RelayHandler:
         except SpoolFull as exc:
             log.error("spool full: %s", exc)
             metrics.SPOOL_ERRORS.labels("full").inc()
-            return SPOOL_FULL.verdict("spool")
+            return server.data_refused(SPOOL_FULL.verdict("spool"))
         except SpoolError as exc:
             log.error("spool error: %s", exc)
             metrics.SPOOL_ERRORS.labels("error").inc()
-            return INTERNAL_ERROR.verdict("spool")
+            return server.data_refused(INTERNAL_ERROR.verdict("spool"))
         ps.messages += 1
         metrics.MESSAGES.labels(server.listener).inc()
         metrics.RECIPIENTS.labels(server.listener).inc(len(recipients))

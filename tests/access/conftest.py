@@ -1,26 +1,23 @@
 """A running development box for the access tests: relay + access under supervisor, users alice/bob/carol.
 
 One box per test module (starting one costs seconds). The relay is a real
-peer here: every login asks its limiter and every send goes through it. Until
-the catalog marks the relay built, `appliance up` does not start it, so the
-fixture runs `python -m services.relay` itself for the box's lifetime.
+peer here (supervisor runs it with the access service): every login asks its
+limiter and every send goes through it.
 """
 
 from __future__ import annotations
 
 import imaplib
 import poplib
-import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import tomli_w
 
-from appliance.catalog import built_services
 from tests.helpers.box import Box, make_box, pids_under
 
 PASSWORD = "correct horse battery"
@@ -45,29 +42,27 @@ def _wait_socket(path: Path, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="module")
-def access_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
-    box = make_box(tmp_path_factory.mktemp("access"))
-    _tune_config(box)
-    for user in ("alice", "bob", "carol"):
-        box.add_user(user, PASSWORD)
-    relay: subprocess.Popen[bytes] | None = None
-    if "relay" not in {s.name for s in built_services()}:
-        log = open(box.dir / "log" / "relay-test.log", "wb")
-        relay = subprocess.Popen([sys.executable, "-m", "services.relay", "-c", str(box.config_file)],
-                                 stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+@contextmanager
+def running_box(box: Box) -> Iterator[Box]:
+    """BOX up (relay and access listening, the internal socket present), then down with no process left."""
     try:
         box.up()
         _wait_socket(box.cfg.paths.internal_socket)
         yield box
     finally:
         box.down()
-        if relay is not None:
-            relay.terminate()
-            relay.wait(30)
     leaked = pids_under(box.dir)
     assert not leaked, f"processes left behind under {box.dir}: {leaked}"
+
+
+@pytest.fixture(scope="module")
+def access_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    box = make_box(tmp_path_factory.mktemp("access"))
+    _tune_config(box)
+    for user in ("alice", "bob", "carol"):
+        box.add_user(user, PASSWORD)
+    with running_box(box):
+        yield box
 
 
 def imap(box: Box, user: str = "alice", implicit: bool = False) -> imaplib.IMAP4:

@@ -30,6 +30,14 @@ def _deliver_through_relay(box: Box, to: str, subjects: list[str]) -> list[bytes
                     f"{len(subjects)} deliveries to {to}")
 
 
+
+def _assert_retrieved(proc: subprocess.CompletedProcess[str], out: Path, files: list[bytes]) -> None:
+    """The client exited 0 and wrote exactly FILES (byte-identical) into OUT."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = sorted(f.read_bytes() for f in out.iterdir())
+    assert len(got) == len(files) >= 3
+    assert got == sorted(files)
+
 def test_capa_stls_and_no_login_before_tls(access_box: Box) -> None:
     p = poplib.POP3(access_box.host("pop3"), access_box.port("pop3"), timeout=30)
     caps = p.capa()
@@ -147,10 +155,7 @@ def test_fetchmail_retrieves_the_mailbox_byte_identical(access_box: Box, tmp_pat
     env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
     proc = subprocess.run(["fetchmail", "-f", str(rc), "--nosyslog", "-v"], capture_output=True, text=True,
                           timeout=120, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    got = sorted(f.read_bytes() for f in out.iterdir())
-    assert len(got) == len(files) >= 3
-    assert got == sorted(files)
+    _assert_retrieved(proc, out, files)
 
 
 def test_getmail6_retrieves_the_mailbox_byte_identical(access_box: Box, tmp_path: Path) -> None:
@@ -171,7 +176,4 @@ def test_getmail6_retrieves_the_mailbox_byte_identical(access_box: Box, tmp_path
     )
     proc = subprocess.run(["getmail", f"--rcfile={rc}", f"--getmaildir={tmp_path}"], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    got = sorted(f.read_bytes() for f in out.iterdir())
-    assert len(got) == len(files) >= 3
-    assert got == sorted(files)
+    _assert_retrieved(proc, out, files)

@@ -32,11 +32,10 @@ from typing import Any
 import tomli_w
 
 from appliance.catalog import SERVICES
-from tests.helpers.box import pids_under
+from tests.helpers.box import APPLIANCE, pids_under
 from tests.helpers.netns import Host, Net
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-APPLIANCE = [sys.executable, "-m", "appliance"]
 BASE_PORT = 10025
 PORTS = {"mx": 10025, "submission": 10026, "submissions": 10027, "imap": 10028, "imaps": 10029,
          "pop3": 10030, "pop3s": 10031, "metrics": 10032}

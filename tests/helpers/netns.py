@@ -110,10 +110,6 @@ class Net:
         _ip("-n", self._bridge_ns, "link", "set", "br0", "up")
         _ip("-n", self._bridge_ns, "link", "set", "lo", "up")
 
-    @property
-    def namespaces(self) -> list[str]:
-        return [self._bridge_ns, *(h.name for h in self.hosts.values())]
-
     def add_host(self, name: str, octet: int) -> Host:
         ns = f"{name}-{self.tag}"
         _ip("netns", "add", ns)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.devbox import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("IMAGE_BUILD_DIR", REPO / "build"))
 PART_OFFSET = 1048576  # the root partition starts at sector 2048 (image-build/build.sh)
@@ -111,12 +113,6 @@ def vagrant_private_key() -> Path:
     return Path(keys[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 GUEST_PORTS = {"ssh": 22, "smtp": 25, "submission": 587, "imap": 143}
 EXPECT = {"ssh": b"SSH-2.0-", "smtp": b"220 ", "submission": b"220 ", "imap": b"* OK"}
 
@@ -204,9 +200,9 @@ def boot_image(qcow2: Path, workdir: Path) -> BootedImage:
     key.chmod(0o600)
     ports: dict[str, int] = {}
     for name in GUEST_PORTS:
-        p = free_port()
+        p = free_port("127.0.0.1")
         while p in ports.values():
-            p = free_port()
+            p = free_port("127.0.0.1")
         ports[name] = p
     fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{ports[n]}-:{g}" for n, g in GUEST_PORTS.items())
     cmd = [

@@ -10,7 +10,6 @@ import pytest
 from appliance.config import Config, parse
 from appliance.ratelimit.clock import ManualClock
 from appliance.ratelimit.limiter import Limiter
-from appliance.ratelimit.store import LimitStore
 
 
 def make_config(tmp: Path, limits: dict[str, Any] | None = None, relay: dict[str, Any] | None = None) -> Config:
@@ -57,6 +56,6 @@ def cfg(tmp_path: Path) -> Config:
 
 @pytest.fixture
 def limiter(cfg: Config, clock: ManualClock) -> Limiter:
-    lim = Limiter(cfg, LimitStore(Path(cfg.paths.state_dir) / "limits.sqlite3", clock.time), clock)
+    lim = Limiter.open(cfg, clock)
     yield lim
     lim.close()

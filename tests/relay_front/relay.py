@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import signal
@@ -33,8 +34,9 @@ class Relay:
     proc: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=Path)
 
-    @property
+    @functools.cached_property
     def cfg(self) -> Config:
+        # Loaded once: the file does not change after make_relay, and polling loops read it often.
         return load(self.config_file)
 
     def port(self, name: str) -> int:

@@ -121,6 +121,21 @@ def test_starttls_command_injection_discarded(relay: Relay) -> None:
 # --- registry: reload, pins, expiry ----------------------------------------------------------
 
 
+def _await_greeting(relay: Relay, prefix: str, source: str | None = None, timeout: float = 10,
+                   pause: float = 0.1) -> str:
+    """Connect to port 25 until the greeting starts with PREFIX (bounded); return the last greeting."""
+    deadline = time.monotonic() + timeout
+    greeting = ""
+    while time.monotonic() < deadline:
+        c = RawSMTP("127.0.0.1", relay.port("mx"), source=source)
+        greeting = c.greeting
+        c.close()
+        if greeting.startswith(prefix):
+            break
+        time.sleep(pause)
+    return greeting
+
+
 def _reloads(relay: Relay) -> int:
     return relay.log_text().count("registry loaded:")
 
@@ -170,15 +185,7 @@ def test_registry_changes_picked_up_by_polling(relay: Relay) -> None:
 
     old = relay.write_registry(add_outsider)  # no SIGHUP: the 2 s mtime poll must find it
     try:
-        deadline = time.monotonic() + 15
-        greeting = ""
-        while time.monotonic() < deadline:
-            c = RawSMTP("127.0.0.1", relay.port("mx"), source="127.0.0.9")
-            greeting = c.greeting
-            c.close()
-            if greeting.startswith("220"):
-                break
-            time.sleep(0.25)
+        greeting = _await_greeting(relay, "220", source="127.0.0.9", timeout=15, pause=0.25)
         assert greeting.startswith("220"), greeting
         in_flight = mx(relay, source="127.0.0.9")
         # Suspended members are refused like outsiders...
@@ -199,29 +206,14 @@ def test_expired_registry_gives_members_421(relay: Relay) -> None:
     state.write_text(json.dumps({"version": 3, "expired": True}))
     try:
         relay.hup()
-        deadline = time.monotonic() + 10
-        greeting = ""
-        while time.monotonic() < deadline:
-            c = RawSMTP("127.0.0.1", relay.port("mx"))
-            greeting = c.greeting
-            c.close()
-            if greeting.startswith("421"):
-                break
-            time.sleep(0.1)
+        greeting = _await_greeting(relay, "421")
         assert greeting.startswith("421 4.7.0"), greeting
         # Customers are unaffected.
         swaks(relay, "--from", "alice@example.test", "--to", "alice@example.test", check=True)
     finally:
         state.unlink()
         relay.hup()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        c = RawSMTP("127.0.0.1", relay.port("mx"))
-        greeting = c.greeting
-        c.close()
-        if greeting.startswith("220"):
-            break
-        time.sleep(0.1)
+    greeting = _await_greeting(relay, "220")
     assert greeting.startswith("220"), greeting
 
 
