@@ -14,17 +14,15 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import tomllib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import tomli_w
 
-from appliance.catalog import built_services
-from tests.helpers.box import Box, make_box, pids_under
+from tests.access.conftest import running_box
+from tests.helpers.box import Box, make_box
 
 pytestmark = pytest.mark.peers
 
@@ -53,14 +51,6 @@ class SourcedPOP3(poplib.POP3):
         return socket.create_connection((self.host, self.port), timeout, source_address=(self._source, 0))
 
 
-def _wait_socket(path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear in {timeout}s")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     if shutil.which("swaks") is None:
@@ -72,23 +62,8 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     for user in ("frank", "bob"):
         b.add_user(user, PASSWORD)
     b.cli("user", "limits", f"frank@{b.domain}", "--per-minute", str(PER_MINUTE), "--burst", str(BURST))
-    relay: subprocess.Popen[bytes] | None = None
-    if "relay" not in {s.name for s in built_services()}:
-        # Until the catalog marks the relay built, `appliance up` does not start it.
-        with open(b.dir / "log" / "relay-test.log", "wb") as log:
-            relay = subprocess.Popen([sys.executable, "-m", "services.relay", "-c", str(b.config_file)],
-                                     stdout=log, stderr=subprocess.STDOUT)
-    try:
-        b.up()
-        _wait_socket(b.cfg.paths.internal_socket)
+    with running_box(b):
         yield b
-    finally:
-        b.down()
-        if relay is not None:
-            relay.terminate()
-            relay.wait(30)
-    leaked = pids_under(b.dir)
-    assert not leaked, f"processes left behind under {b.dir}: {leaked}"
 
 
 def _message(subject: str) -> bytes:
