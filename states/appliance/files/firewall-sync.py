@@ -44,6 +44,7 @@ def main() -> int:
     # The same rendering the registry agent uses, so both fill the sets identically.
     script = render(registry)
     nets = {n for m in registry.members if m.active for r in m.relays for n in r.addresses}
+    v4 = sum(1 for n in nets if n.version == 4)
     if args.dry_run:
         sys.stdout.write(script)
         return 0
@@ -51,7 +52,7 @@ def main() -> int:
     if proc.returncode != 0:
         print(f"appliance-firewall-sync: nft: {proc.stderr.strip()}", file=sys.stderr)
         return 1
-    print(f"appliance-firewall-sync: port 25 open to {len(nets)} networks of active members")
+    print(f"appliance-firewall-sync: port 25 open to {v4} IPv4 and {len(nets) - v4} IPv6 networks of active members")
     return 0
 
 
