@@ -7,13 +7,12 @@ BIN := $(VENV)/bin
 DEV_DIR ?= var/dev
 PYTEST_ARGS ?=
 
-# Real peers the tests drive (see ../shared/PEERS.md and docs/testing.md).
-DEBIAN_TEST_PEERS := swaks postfix dovecot-imapd dovecot-pop3d pebble fetchmail getmail6 \
-	debootstrap qemu-system-x86 qemu-utils systemd-container neomutt curl iproute2 nftables \
-	certbot fdisk grub-pc-bin e2fsprogs python3-venv python3-dev gcc openssl vagrant openssh-client python3-pip
+# Real peers the tests and the README's commands drive: THE list is the catalogue in
+# scripts/peercheck.py (each package with the probe of what the tests use it for).
+DEBIAN_TEST_PEERS := $(shell $(PYTHON) scripts/peercheck.py --packages 2>/dev/null)
 DEBIAN_RUNTIME := python3-venv
 
-.PHONY: install deps-debian test up down lint docs image consortium clean
+.PHONY: install deps-debian doctor-peers rehearse test up down lint docs image consortium clean
 
 install: $(BIN)/.installed
 
@@ -25,6 +24,7 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 # Installs only what is missing, so a second run does not touch apt at all.
 deps-debian:
+	@test -n "$(DEBIAN_TEST_PEERS)" || { echo "no package list from scripts/peercheck.py: apt-get install python3 make" >&2; exit 1; }
 	@missing=$$(for p in $(DEBIAN_TEST_PEERS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages (run as root or install them): $$missing" >&2; exit 1; fi; \
@@ -33,8 +33,19 @@ deps-debian:
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-test: install deps-debian
-	$(BIN)/ruff check appliance services tests bench
+# Every peer's capability (swaks STARTTLS, vagrant's libvirt provider...), one line per gap naming
+# the Debian package. Runs first in `make test`, before anything slow.
+doctor-peers:
+	@$(PYTHON) scripts/peercheck.py
+
+# A pristine Debian 12 minbase tree, this checkout's `git archive HEAD` in it, the README's
+# set-up (`make deps-debian install`) and the peer check inside: proves the list is complete.
+# Root. PEERCHECK_DROP=pkg leaves a package out (the negative run, docs/testing.md).
+rehearse:
+	bash scripts/rehearse.sh
+
+test: deps-debian install doctor-peers
+	$(BIN)/ruff check appliance services tests bench scripts
 	$(BIN)/python -m appliance.config --docs | diff -u docs/configuration.md - \
 	  || { echo "docs/configuration.md is stale: make docs" >&2; exit 1; }
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -43,7 +54,7 @@ docs: install
 	$(BIN)/python -m appliance.config --docs > docs/configuration.md
 
 lint: install
-	$(BIN)/ruff check appliance services tests bench
+	$(BIN)/ruff check appliance services tests bench scripts
 
 up: install
 	@bash scripts/dev-up.sh $(DEV_DIR)

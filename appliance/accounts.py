@@ -10,7 +10,9 @@ are never logged nor put into an exception message.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from appliance.addresses import AddressError, normalize_address
 
+log = logging.getLogger("appliance.accounts")
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
 # Verifying against this on unknown logins keeps response time independent of
 # whether the account exists.
@@ -48,6 +51,31 @@ CREATE TABLE IF NOT EXISTS identities (
 """
 
 
+# Writers wait this long for the database lock. They all run off the event loops
+# (thread pools, the brake's writer thread), so a wait stalls one thread, no session.
+BUSY_TIMEOUT = 30.0
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Additive schema changes for files made by older versions: add each missing column.
+
+    To add a column, append (table, column, SQL type and default) to ADDED_COLUMNS;
+    never rename or drop (an older relay may still read the file during an upgrade).
+    """
+    for table, column, decl in ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+# (table, column, declaration) added after the first release; see ``migrate``.
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    # Mail quota override (RFC 9208 STORAGE in bytes, MESSAGE); NULL: the limit class's default.
+    ("accounts", "quota_storage", "INTEGER"),
+    ("accounts", "quota_messages", "INTEGER"),
+]
+
+
 class AccountError(Exception):
     """A refused account operation; the message is safe to show to the operator."""
 
@@ -70,6 +98,8 @@ class Account:
     held_reason: str = ""
     held_since: float | None = None
     created: float = field(default=0.0, compare=False)
+    quota_storage: int | None = None  # bytes, 0 unlimited; None: the limit class's quota_storage
+    quota_messages: int | None = None  # 0 unlimited; None: the limit class's quota_messages
 
     def may_send_as(self, address: str) -> bool:
         a = address.lower()
@@ -77,19 +107,50 @@ class Account:
 
 
 class AccountStore:
-    """The accounts database. Cheap to open; each operation is its own transaction."""
+    """The accounts database. Cheap to open; each operation is its own transaction.
+
+    One SQLite connection per thread: a store may be used from several threads
+    (Twisted's pool, the relay's auth pool, the brake's writer thread), and a
+    connection shared between threads would let one thread's ``BEGIN IMMEDIATE``
+    meet another's open transaction ("cannot start a transaction within a
+    transaction") or interleave statements. Each thread's connection is opened on
+    its first call; ``close`` closes all of them.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._db.executescript(SCHEMA)  # in the opening thread, so a bad file fails here
+        migrate(self._db)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # check_same_thread=False only so that ``close`` (any thread) can close every
+            # connection; each connection is used by the one thread that opened it.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=FULL")
+            with self._conns_lock:
+                if self._closed:
+                    conn.close()
+                    raise sqlite3.ProgrammingError("AccountStore is closed")
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
 
     def close(self) -> None:
-        self._db.close()
+        with self._conns_lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -109,8 +170,8 @@ class AccountStore:
         except AddressError:
             return None
         row = self._db.execute(
-            "SELECT address, disabled, limit_class, per_minute, burst, per_day, held, held_reason, held_since, created"
-            " FROM accounts WHERE address = ?",
+            "SELECT address, disabled, limit_class, per_minute, burst, per_day, held, held_reason, held_since, created,"
+            " quota_storage, quota_messages FROM accounts WHERE address = ?",
             (addr,),
         ).fetchone()
         if row is None:
@@ -129,6 +190,8 @@ class AccountStore:
             held_reason=row[7],
             held_since=row[8],
             created=row[9],
+            quota_storage=row[10],
+            quota_messages=row[11],
         )
 
     def list(self) -> list[Account]:
@@ -159,8 +222,16 @@ class AccountStore:
         if row is None:
             return None
         if _HASHER.check_needs_rehash(stored):
-            with self._tx() as db:
-                db.execute("UPDATE accounts SET password = ? WHERE address = ?", (_HASHER.hash(password), addr))
+            # Only over the hash just verified: a password changed meanwhile (or a concurrent
+            # login's rehash) must not be overwritten. The rehash is an upgrade, not part of
+            # the login: if the database is busy, the login still succeeds.
+            fresh = _HASHER.hash(password)  # before BEGIN: argon2 takes long, the write lock must not
+            try:
+                with self._tx() as db:
+                    db.execute("UPDATE accounts SET password = ? WHERE address = ? AND password = ?",
+                               (fresh, addr, stored))
+            except sqlite3.OperationalError as exc:
+                log.warning("password rehash for %s postponed: %s", addr, exc)
         account = self.get(addr)
         if account is None or account.disabled:
             return None
@@ -211,6 +282,12 @@ class AccountStore:
             self._update(
                 address, "per_minute = ?, burst = ?, per_day = ?", (override.per_minute, override.burst, override.per_day)
             )
+
+    def set_quota(self, address: str, storage: int | None, messages: int | None) -> None:
+        """Set the account's mail quota override (None: back to the limit class's default; 0: unlimited)."""
+        if (storage is not None and storage < 0) or (messages is not None and messages < 0):
+            raise AccountError("quota limits cannot be negative")
+        self._update(address, "quota_storage = ?, quota_messages = ?", (storage, messages))
 
     def hold(self, address: str, reason: str) -> bool:
         """Hold the account (abuse brake). True if it was not held before."""

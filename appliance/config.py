@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -300,6 +301,18 @@ class RegistryConfig(_Model):
     )
 
 
+def _size(value: object) -> object:
+    """Bytes from a number or a string like "500M" / "2G" (binary units)."""
+    if isinstance(value, str):
+        from appliance.mailstore.quota import parse_size
+
+        return parse_size(value)
+    return value
+
+
+Size = Annotated[int, BeforeValidator(_size), Field(ge=0)]
+
+
 class LimitClass(_Model):
     """A customer limit class."""
 
@@ -307,6 +320,18 @@ class LimitClass(_Model):
     burst: int = Field(ge=1, description="Messages that may be sent at once before the rate applies.")
     recipients_per_minute: float = Field(600, gt=0, description="Sustained recipients per minute.")
     per_day: int = Field(0, ge=0, description="Messages per calendar day (UTC); 0 means no daily quota.")
+    access_connections_per_user_ip: int = Field(
+        10, gt=0, description="Concurrent logged-in IMAP and POP3 sessions (together) of one account from one "
+        "client address (IPv6 /64), like Dovecot's `mail_max_userip_connections`; the next login gets "
+        "`* BYE [UNAVAILABLE]` (IMAP) or `-ERR [IN-USE]` (POP3)."
+    )
+    quota_storage: Size = Field(
+        0, description="Mail quota of each account (RFC 9208 STORAGE): bytes, or a string like `\"2G\"` or "
+        "`\"500M\"`; 0 means unlimited. `appliance user quota` overrides it per account."
+    )
+    quota_messages: int = Field(
+        0, ge=0, description="Most messages each account may store (RFC 9208 MESSAGE); 0 means unlimited."
+    )
 
 
 class AbuseBrakeConfig(_Model):
@@ -329,8 +354,22 @@ class LimitsConfig(_Model):
     connections_per_ip: int = Field(20, gt=0, description="Concurrent connections from one client address (IPv6 /64).")
     connection_rate_per_ip: float = Field(60, gt=0, description="New connections per minute from one client address.")
     connection_burst_per_ip: int = Field(30, ge=1, description="Burst of new connections from one client address.")
+    access_connections_per_ip: int = Field(
+        50, gt=0, description="Concurrent IMAP and POP3 connections from one client address (IPv6 /64) that have "
+        "not logged in yet (logged-in ones count per account, see the limit class); the next one is refused "
+        "at the greeting."
+    )
     auth_failures_per_ip: int = Field(5, gt=0, description="AUTH/LOGIN failures from one address before `421 4.7.0`.")
     auth_failure_window: int = Field(300, gt=0, description="Seconds over which AUTH failures are counted.")
+    auth_failures_per_account_new: int = Field(
+        5, gt=0, description="Failed logins to one account, from all addresses it never logged in from together, "
+        "per `auth_failure_window`; then logins to it from new addresses are refused for a while (SMTP "
+        "`454 4.7.0`, IMAP `NO [LIMIT]`, POP3 `-ERR [SYS/TEMP]`). Addresses it logged in from before are unaffected."
+    )
+    auth_failures_per_account_known: int = Field(
+        20, gt=0, description="Failed logins to one account from addresses it logged in from before, together, "
+        "per `auth_failure_window` (more lenient: only the user and their networks count here)."
+    )
     member_default_per_minute: float = Field(600, gt=0, description="Member message rate when its registry entry has none.")
     member_default_burst: int = Field(200, ge=1, description="Member burst when its registry entry has none.")
     abuse_brake: AbuseBrakeConfig = Field(default_factory=AbuseBrakeConfig, description="The abuse brake.")

@@ -17,7 +17,7 @@ VERDICTS = Counter(
     ["listener", "stage", "origin", "code"],
 )
 TLS_FAILURES = Counter("relay_tls_handshake_failures_total", "STARTTLS handshakes that failed (connection closed)")
-AUTH = Counter("relay_auth_total", "SMTP AUTH attempts by result (ok, failed)", ["result"])
+AUTH = Counter("relay_auth_total", "SMTP AUTH attempts by result (ok, failed, refused by a limit)", ["result"])
 MESSAGES = Counter("relay_messages_accepted_total", "Messages stored in the spool, by listener", ["listener"])
 RECIPIENTS = Counter("relay_recipients_accepted_total", "Recipients of stored messages, by listener", ["listener"])
 BYTES = Counter("relay_message_bytes_total", "Bytes of stored messages (after header changes), by listener", ["listener"])

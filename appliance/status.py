@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from appliance import supervision
+from appliance import supervision, watchdog
 from appliance.accounts import AccountStore
 from appliance.catalog import SERVICES, endpoints
 from appliance.config import Config
@@ -52,11 +52,23 @@ def registry_status(cfg: Config) -> dict[str, Any]:
         out["alarm"] = "no registry on disk"
     try:
         state = json.loads((d / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not an object")
         for k in ("version", "expires", "last_success", "consecutive_failures", "alarm"):
             if k in state:
                 out[k] = state[k]
     except (OSError, ValueError):
-        pass
+        # The relay treats this as expired too (services/relay/registry_watch.py).
+        out["alarm"] = out["alarm"] or "no readable report from the sync agent (state.json): members get 421 4.7.0"
+        return out
+    # The agent may have died after writing its last report: judge the expiry against the clock here,
+    # as the relay does.
+    try:
+        expires = dt.datetime.fromisoformat(str(out["expires"]).replace("Z", "+00:00")) if out["expires"] else None
+    except ValueError:
+        expires = None
+    if cfg.registry.url and expires is not None and dt.datetime.now(dt.UTC) >= expires and not out["alarm"]:
+        out["alarm"] = f"trusted registry expired at {out['expires']} (is registry_sync running?): members get 421 4.7.0"
     return out
 
 
@@ -71,32 +83,63 @@ def tls_status(cfg: Config) -> dict[str, Any]:
     }
 
 
-def service_status(cfg: Config) -> tuple[str, list[dict[str, Any]]]:
-    info = supervision.process_info(cfg)
+def service_status(cfg: Config, info: dict[str, dict[str, Any]] | None) -> tuple[str, list[dict[str, Any]]]:
+    """Each service's state and ``alarm`` (None, or why it needs attention: anything but RUNNING,
+    or flapping as the watchdog saw it). INFO: ``supervision.process_info``."""
+    dog = watchdog.read_state(Path(cfg.paths.run_dir)) if info is not None else None
+    dog_programs: dict[str, Any] = dog["programs"] if dog else {}
     services = []
     for spec in SERVICES:
-        entry: dict[str, Any] = {"name": spec.name, "description": spec.description, "pid": None, "uptime_s": None}
+        entry: dict[str, Any] = {"name": spec.name, "description": spec.description, "pid": None, "uptime_s": None,
+                                 "alarm": None}
         if not spec.built:
             entry["state"] = "not built"
         elif info is None or spec.name not in info:
             entry["state"] = "stopped"
+            entry["alarm"] = "not running (supervisor is not running)" if info is None else "not configured"
         else:
             p = info[spec.name]
             entry["state"] = str(p["statename"]).lower()
             if p["statename"] == "RUNNING":
                 entry["pid"] = p["pid"]
                 entry["uptime_s"] = max(0, int(p["now"]) - int(p["start"]))
+            seen = dog_programs.get(spec.name) or {}
+            if seen.get("flapping"):
+                entry["alarm"] = seen.get("alarm") or "flapping"
+            elif p["statename"] != "RUNNING":
+                entry["alarm"] = seen.get("alarm") or f"{p['statename']}: not running"
         services.append(entry)
     return ("running" if info is not None else "stopped"), services
 
 
+def watchdog_status(cfg: Config, info: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The event listener that restarts FATAL services (appliance/watchdog.py)."""
+    w = (info or {}).get("watchdog")
+    running = w is not None and w["statename"] == "RUNNING"
+    reported = watchdog.read_state(Path(cfg.paths.run_dir)) is not None
+    alarm = None
+    if info is not None and not (running and reported):
+        alarm = "not running: FATAL services would not be restarted"
+    return {"state": str(w["statename"]).lower() if w else "stopped", "pid": w["pid"] if running else None,
+            "alarm": alarm}
+
+
+def services_ok(st: dict[str, Any]) -> bool:
+    """True when every built service runs and none needs attention (`appliance status` exit 0)."""
+    return (st["supervisor"] == "running" and not any(s["alarm"] for s in st["services"])
+            and not st["watchdog"]["alarm"])
+
+
 def collect(cfg: Config) -> dict[str, Any]:
-    sup, services = service_status(cfg)
+    info = supervision.process_info(cfg)
+    sup, services = service_status(cfg, info)
     held: list[dict[str, Any]] = []
+    quota: dict[str, Any] = {"accounts_with_quota": 0, "near_full": []}
     if cfg.paths.accounts_db.exists():
         store = AccountStore(cfg.paths.accounts_db)
         try:
             held = [{"address": a.address, "reason": a.held_reason, "since": a.held_since} for a in store.held()]
+            quota = quota_status(cfg, store)
         finally:
             store.close()
     return {
@@ -110,6 +153,7 @@ def collect(cfg: Config) -> dict[str, Any]:
         },
         "supervisor": sup,
         "services": services,
+        "watchdog": watchdog_status(cfg, info),
         "endpoints": [
             {"name": e.name, "service": e.service, "host": e.host, "port": e.port, "tls": e.tls, "enabled": e.enabled}
             for e in endpoints(cfg)
@@ -118,7 +162,27 @@ def collect(cfg: Config) -> dict[str, Any]:
         "registry": registry_status(cfg),
         "tls": tls_status(cfg),
         "held_accounts": held,
+        "mail_quota": quota,
     }
+
+
+def quota_status(cfg: Config, store: AccountStore) -> dict[str, Any]:
+    """Accounts with a mail quota, and those at or over 90 % of it (RFC 9208 STORAGE/MESSAGE)."""
+    from appliance.mailstore import maildir_path
+    from appliance.mailstore.quota import WARN_AT, limits_for, share, usage
+
+    counted, near = 0, []
+    for a in store.list():
+        limits = limits_for(a, cfg.limits.classes)
+        if limits.unlimited:
+            continue
+        counted += 1
+        used = usage(maildir_path(cfg.paths.mail_dir, a.address))
+        if share(used, limits) >= WARN_AT:
+            near.append({"address": a.address, "used_bytes": used.bytes, "storage": limits.storage,
+                         "used_messages": used.messages, "messages": limits.messages,
+                         "percent": int(100 * share(used, limits))})
+    return {"accounts_with_quota": counted, "near_full": near}
 
 
 def render_text(st: dict[str, Any]) -> str:
@@ -127,7 +191,10 @@ def render_text(st: dict[str, Any]) -> str:
     lines.append("services:")
     for s in st["services"]:
         extra = f" pid {s['pid']} up {s['uptime_s']}s" if s["pid"] else ""
-        lines.append(f"  {s['name']:<14} {s['state']:<10}{extra}  {s['description']}")
+        lines.append(f"  {s['name']:<14} {s['state']:<10}{extra}  {s['description']}"
+                     + (f"  ALARM: {s['alarm']}" if s["alarm"] else ""))
+    w = st["watchdog"]
+    lines.append(f"  {'(watchdog)':<14} {w['state']:<10}" + (f"  ALARM: {w['alarm']}" if w["alarm"] else ""))
     lines.append("endpoints:")
     for e in st["endpoints"]:
         if e["enabled"]:
@@ -143,6 +210,12 @@ def render_text(st: dict[str, Any]) -> str:
     )
     t = st["tls"]
     lines.append(f"tls: {t['source']} certificate, expires {t['expires']} ({t['days_left']} days)")
+    mq = st.get("mail_quota") or {"accounts_with_quota": 0, "near_full": []}
+    lines.append(f"mail quota: {mq['accounts_with_quota']} account(s) with a quota, "
+                 f"{len(mq['near_full'])} at or over 90 %")
+    for n in mq["near_full"]:
+        lines.append(f"  {n['address']}: {n['percent']} % ({n['used_bytes']}/{n['storage'] or '-'} bytes, "
+                     f"{n['used_messages']}/{n['messages'] or '-'} messages)")
     if st["held_accounts"]:
         lines.append("held accounts (abuse brake; `appliance user release ADDRESS`):")
         for h in st["held_accounts"]:

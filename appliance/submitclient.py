@@ -2,7 +2,7 @@
 
 The access service never queues mail itself: every IMAP/POP send, and every
 IMAP/POP login's limiter check, goes over RUN_DIR/submit.sock as ESMTP with
-the XUSER, XAUTHCHECK and XAUTHFAIL extensions. Calls are blocking; the
+the XUSER, XAUTHCHECK, XAUTHFAIL and XAUTHOK extensions. Calls are blocking; the
 Twisted service runs them in its thread pool.
 
 Reply mapping (ARCHITECTURE.md "The internal submission socket"):
@@ -117,13 +117,17 @@ class SubmitClient:
         finally:
             _quit(conn)
 
-    def auth_check(self, client_ip: str) -> Reply:
-        """Ask the shared limiter whether CLIENT_IP may try a login now (before verifying)."""
-        return self._command(f"XAUTHCHECK {client_ip}")
+    def auth_check(self, client_ip: str, login: str | None = None) -> Reply:
+        """Ask the shared limiter whether CLIENT_IP may try a login (to LOGIN) now, before verifying."""
+        return self._command(f"XAUTHCHECK {client_ip}{_login_param(login)}")
 
-    def auth_fail(self, client_ip: str) -> Reply:
-        """Record a failed login from CLIENT_IP with the shared limiter."""
-        return self._command(f"XAUTHFAIL {client_ip}")
+    def auth_fail(self, client_ip: str, login: str | None = None) -> Reply:
+        """Record a failed login (to LOGIN) from CLIENT_IP with the shared limiter."""
+        return self._command(f"XAUTHFAIL {client_ip}{_login_param(login)}")
+
+    def auth_ok(self, client_ip: str, login: str) -> Reply:
+        """Record that LOGIN logged in from CLIENT_IP: the address gets the account's lenient limit."""
+        return self._command(f"XAUTHOK {client_ip}{_login_param(login)}")
 
     def submit(self, login: str, client_ip: str, protocol: str, sender: str, recipients: list[str],
                data: bytes) -> Reply:
@@ -162,6 +166,41 @@ class SubmitClient:
             return UNAVAILABLE
         finally:
             _quit(conn)
+
+
+MAX_LOGIN_OCTETS = 320  # longer logins are no address; the limiter bounds its keys the same way
+
+
+def _login_param(login: str | None) -> str:
+    if login is None:
+        return ""
+    return " LOGIN=" + xtext_encode(login.encode("utf-8", "replace")[:MAX_LOGIN_OCTETS].decode("utf-8", "ignore"))
+
+
+def xtext_encode(text: str) -> str:
+    """RFC 3461 4 xtext: octets outside "!".."~", and "+" and "=", become "+" and two hex digits."""
+    return "".join(chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else f"+{b:02X}" for b in text.encode("utf-8"))
+def xtext_decode(text: str) -> str | None:
+    """RFC 3461 4 xtext: "+" and two upper-case hex digits stand for one octet. None if malformed."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "+":
+            hexpart = text[i + 1:i + 3]
+            if len(hexpart) != 2 or any(h not in "0123456789ABCDEF" for h in hexpart):
+                return None
+            out.append(int(hexpart, 16))
+            i += 3
+        elif 33 <= ord(c) <= 126 and c != "=":
+            out.append(ord(c))
+            i += 1
+        else:
+            return None
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _quit(conn: smtplib.SMTP) -> None:

@@ -47,6 +47,65 @@ def _bin(name: str) -> str:
     return found
 
 
+# supervisor retries a program that fails to start STARTRETRIES times (waiting 1, 2, 3...
+# seconds), then leaves it FATAL; the watchdog event listener (appliance/watchdog.py) then
+# starts it again with a doubling delay, forever. A program that ran STARTSECS and exited
+# is restarted at once by autorestart (and counted as flapping by the watchdog if it repeats).
+STARTRETRIES = 10
+STARTSECS = 2
+
+
+def program_section(name: str, command: str, log_dir: str, environment: str = "", user: str = "",
+                    startretries: int = STARTRETRIES, startsecs: int = STARTSECS) -> list[str]:
+    lines = [
+        f"[program:{name}]",
+        f"command={command}",
+        *([f"environment={environment}"] if environment else []),
+        "autostart=true",
+        "autorestart=true",
+        f"startsecs={startsecs}",
+        f"startretries={startretries}",
+        "stopwaitsecs=30",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "redirect_stderr=true",
+        f"stdout_logfile={log_dir}/{name}.log",
+        "stdout_logfile_maxbytes=20MB",
+        "stdout_logfile_backups=5",
+    ]
+    if user:
+        lines.append(f"user={user}")
+    return [*lines, ""]
+
+
+def watchdog_section(run_dir: str, log_dir: str, retry_min: float | None = None,
+                     retry_max: float | None = None) -> list[str]:
+    """The event listener that restarts FATAL programs and reports flapping ones (appliance/watchdog.py)."""
+    args = f" --run-dir {run_dir}"
+    if retry_min is not None:
+        args += f" --retry-min {retry_min:g}"
+    if retry_max is not None:
+        args += f" --retry-max {retry_max:g}"
+    lines = [
+        "[eventlistener:watchdog]",
+        f"command={sys.executable} -m appliance.watchdog{args}",
+        "events=PROCESS_STATE,TICK_5",
+        "autostart=true",
+        "autorestart=true",
+        # The listener itself never gives up either (it has no FATAL watcher of its own).
+        "startretries=1000000",
+        "startsecs=1",
+        "buffer_size=100",
+        # stdout is the event protocol (not logged); its log is stderr.
+        "redirect_stderr=false",
+        "stdout_logfile=NONE",
+        f"stderr_logfile={log_dir}/watchdog.log",
+        "stderr_logfile_maxbytes=5MB",
+        "stderr_logfile_backups=3",
+    ]
+    return [*lines, ""]
+
+
 def render_conf(cfg: Config, config_file: str) -> str:
     log = cfg.paths.log_dir
     lines = [
@@ -72,25 +131,10 @@ def render_conf(cfg: Config, config_file: str) -> str:
     ]
     env = f'PYTHONUNBUFFERED="1",APPLIANCE_CONFIG="{config_file}"'
     for spec in built_services():
-        lines += [
-            f"[program:{spec.name}]",
-            f"command={sys.executable} -m {spec.module} -c {config_file}",
-            f"environment={env}",
-            "autostart=true",
-            "autorestart=true",
-            "startsecs=2",
-            "startretries=5",
-            "stopwaitsecs=30",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            f"stdout_logfile={log}/{spec.name}.log",
-            "stdout_logfile_maxbytes=20MB",
-            "stdout_logfile_backups=5",
-        ]
-        if cfg.box.service_user:
-            lines.append(f"user={cfg.box.service_user}")
-        lines.append("")
+        lines += program_section(spec.name, f"{sys.executable} -m {spec.module} -c {config_file}", log, env,
+                                 cfg.box.service_user or "")
+    # Runs as supervisord's user: it talks to supervisord's 0700 socket.
+    lines += watchdog_section(cfg.paths.run_dir, log)
     return "\n".join(lines)
 
 

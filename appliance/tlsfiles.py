@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -13,16 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from appliance import fsutil
+
 
 def _write_private(path: Path, data: bytes) -> None:
+    # Created 0600 (O_EXCL, fresh temporary name): a key is never readable by others, not even
+    # between creation and rename, and a leftover from a crash never lends it its old mode.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fsutil.atomic_write(path, data, mode=0o600)
 
 
 def make_self_signed(cert_path: Path, key_path: Path, names: list[str], days: int = 825) -> None:
@@ -53,7 +50,7 @@ def make_self_signed(cert_path: Path, key_path: Path, names: list[str], days: in
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fsutil.atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def make_dkim_key(key_path: Path, bits: int = 2048) -> str:

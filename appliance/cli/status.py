@@ -6,7 +6,7 @@ import argparse
 import json
 
 from appliance.cli import config_from
-from appliance.status import collect, render_text
+from appliance.status import collect, render_text, services_ok
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,4 +21,5 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, sort_keys=True))
     else:
         print(render_text(st))
-    return 0
+    # Non-zero when a service is not running or flapping, so scripts and monitoring notice (docs/status.md).
+    return 0 if services_ok(st) else 1

@@ -1,4 +1,4 @@
-"""`appliance user add|del|passwd|list|alias|limits|release|disable|enable`.
+"""`appliance user add|del|passwd|list|alias|limits|quota|release|disable|enable`.
 
 Passwords are read from stdin (``--password-stdin``) or prompted for without
 echo; never taken from the command line, never printed, never logged.
@@ -11,12 +11,15 @@ import getpass
 import json
 import secrets
 import sys
-from pathlib import Path
+from collections.abc import Callable
 
-from appliance.accounts import AccountError, AccountStore, LimitOverride
+from appliance.accounts import Account, AccountError, AccountStore, LimitOverride
 from appliance.addresses import AddressError, domain_of
 from appliance.cli import CommandError, config_from
 from appliance.config import Config
+from appliance.mailstore import account_maildir, check_name, maildir_path
+from appliance.mailstore.names import dir_name
+from appliance.mailstore.quota import QuotaLimits, format_size, limits_for, parse_size, usage
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -60,6 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lim.add_argument("--class", dest="limit_class", help="set the limit class")
     lim.add_argument("--clear", action="store_true", help="remove the override (back to the class)")
     lim.set_defaults(func=cmd_limits)
+
+    q = s.add_parser("quota", help="per-account mail quota (RFC 9208 STORAGE and MESSAGE) and its usage")
+    q.add_argument("address")
+    q.add_argument("--storage", help="bytes or a size like 2G or 500M; 0: unlimited; 'default': the class's")
+    q.add_argument("--messages", help="number of messages; 0: unlimited; 'default': the class's")
+    q.set_defaults(func=cmd_quota)
 
     for verb, helptext in (("disable", "refuse logins"), ("enable", "allow logins again")):
         x = s.add_parser(verb, help=helptext)
@@ -122,9 +131,9 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def _make_maildir(cfg: Config, address: str) -> None:
-    local, domain = address.split("@", 1)
-    base = Path(cfg.paths.mail_dir) / domain / local
-    folders = [base] + [base / f".{name}" for name in cfg.access.special_folders]
+    # The directories only: the index is created by the access service (as its own user) at first login.
+    base = account_maildir(cfg.paths.mail_dir, address)
+    folders = [base] + [base / dir_name(check_name(name)) for name in cfg.access.special_folders]
     for f in folders:
         for sub in ("tmp", "new", "cur"):
             (f / sub).mkdir(parents=True, exist_ok=True)
@@ -148,19 +157,34 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quota_of(cfg: Config, account: Account) -> tuple[QuotaLimits, tuple[int, int]]:
+    return limits_for(account, cfg.limits.classes), tuple(usage(maildir_path(cfg.paths.mail_dir, account.address)))
+
+
+def quota_text(limits: QuotaLimits, used: tuple[int, int]) -> str:
+    """ "1M/2G 12/100000" style usage over limits ("-" for unlimited)."""
+    storage = format_size(limits.storage) if limits.storage else "-"
+    messages = str(limits.messages) if limits.messages else "-"
+    return f"{format_size(used[0])}/{storage} {used[1]}/{messages}"
+
+
 @_guard
 def cmd_list(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    store, cfg = _store(args)
     accounts = store.list()
     if args.json:
-        print(json.dumps([
-            {"address": a.address, "identities": list(a.identities), "disabled": a.disabled,
-             "limit_class": a.limit_class, "held": a.held,
-             "override": None if a.override is None else vars(a.override)}
-            for a in accounts], indent=2))
+        out = []
+        for a in accounts:
+            limits, used = _quota_of(cfg, a)
+            out.append({"address": a.address, "identities": list(a.identities), "disabled": a.disabled,
+                        "limit_class": a.limit_class, "held": a.held,
+                        "override": None if a.override is None else vars(a.override),
+                        "quota": {"storage": limits.storage, "messages": limits.messages,
+                                  "used_bytes": used[0], "used_messages": used[1]}})
+        print(json.dumps(out, indent=2))
         return 0
     for a in accounts:
-        flags = [f"class={a.limit_class}"]
+        flags = [f"class={a.limit_class}", f"quota={quota_text(*_quota_of(cfg, a))}"]
         if a.override:
             flags.append(f"override={a.override.per_minute}/min burst {a.override.burst} day {a.override.per_day}")
         if a.disabled:
@@ -220,6 +244,41 @@ def _sent_today(cfg: Config, address: str) -> int:
         return limits.daily_count(account_key(address), time.time())
     finally:
         limits.close()
+
+
+def _limit_arg(value: str | None, parse: Callable[[str], int], current: int | None, option: str) -> int | None:
+    if value is None:
+        return current
+    if value == "default":
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise CommandError(f"{option} {value}: {exc}") from None
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+@_guard
+def cmd_quota(args: argparse.Namespace) -> int:
+    store, cfg = _store(args)
+    a = store.get(args.address)
+    if a is None:
+        raise CommandError(f"no account {args.address}")
+    if args.storage is not None or args.messages is not None:
+        storage = _limit_arg(args.storage, parse_size, a.quota_storage, "--storage")
+        messages = _limit_arg(args.messages, _count, a.quota_messages, "--messages")
+        store.set_quota(a.address, storage, messages)
+        a = store.get(a.address)
+        assert a is not None
+    limits, used = _quota_of(cfg, a)
+    own = "own" if a.quota_storage is not None or a.quota_messages is not None else f"class {a.limit_class}"
+    print(f"{a.address}: quota {quota_text(limits, used)} ({own})")
+    return 0
 
 
 @_guard

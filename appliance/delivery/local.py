@@ -6,6 +6,15 @@ commit instead of one per file), renames them into new/, fsyncs each distinct
 new/ directory once, and only then reports the recipients as delivered. The
 per-message cost that competes with accepting mail drops from two serial
 fsyncs and a thread hop to a share of one batch.
+
+Quota (RFC 9208 STORAGE/MESSAGE, appliance.mailstore.quota): a recipient whose
+mailbox cannot take the message gets a temporary failure (452 4.2.2): the
+message stays queued and is retried, and after the queue lifetime the sender
+gets a DSN; nothing is dropped. The delivery that takes a mailbox over 90 %
+also delivers a warning into it, once per crossing: the relay is where usage
+grows without the user doing anything, and it is the one writer that sees
+every delivery (APPEND and COPY are the user's own doing and are answered
+with the quota in the IMAP response).
 """
 
 from __future__ import annotations
@@ -17,13 +26,17 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from appliance.accounts import AccountStore
 from appliance.delivery.maildir import ensure_maildir, unique_name
 from appliance.delivery.outcome import Outcome, deferred, failed
-from appliance.mailstore import maildir_path
+from appliance.mailstore import account_maildir
+from appliance.mailstore import quota as mquota
+from appliance.mailstore.maildir import crlf_size
 from appliance.spool.format import SpooledMessage
 from appliance.spool.spool import fsync_dir
 
@@ -51,14 +64,17 @@ class _File:
 
 
 class LocalDelivery:
-    def __init__(self, mail_dir: str | Path, accounts_db: str | Path, postmaster: str = "") -> None:
+    def __init__(self, mail_dir: str | Path, accounts_db: str | Path, postmaster: str = "",
+                 limit_classes: Mapping[str, Any] | None = None) -> None:
         self.mail_dir = Path(mail_dir)
         self.postmaster = postmaster
+        self.limit_classes = limit_classes  # config limits.classes, for each account's quota; None: no quota
         self.accounts_db = Path(accounts_db)
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self.stats = {"delivered": 0, "batches": 0, "file_fsyncs": 0, "dir_fsyncs": 0}
+        self.stats = {"delivered": 0, "batches": 0, "file_fsyncs": 0, "dir_fsyncs": 0, "over_quota": 0,
+                      "quota_warnings": 0}
 
     async def deliver(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
         if self._thread is None or not self._thread.is_alive():
@@ -123,6 +139,8 @@ class LocalDelivery:
         assert self._pool is not None
         self.stats["batches"] += 1
         files: list[_File] = []
+        added: dict[Path, list[int]] = {}  # bytes and messages this batch adds per Maildir
+        warn: dict[Path, tuple[str, mquota.QuotaLimits, tuple[int, int]]] = {}
         for job in batch:
             # RFC 5321 4.4: the final delivery MTA adds Return-Path. Maildir files use LF line ends.
             body = job.msg.data.replace(b"\r\n", b"\n")
@@ -134,9 +152,16 @@ class LocalDelivery:
                 if owner is None:
                     job.outcomes += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
                     continue
-                md = maildir_path(self.mail_dir, owner)
+                md = account_maildir(self.mail_dir, owner)
                 content = f"Return-Path: <{job.msg.sender}>\nDelivered-To: {r}\n".encode() + body
-                name = unique_name(len(content))
+                vsize = crlf_size(content)
+                if self.limit_classes is not None:
+                    refusal = self._over_quota(store, owner, md, vsize, added, warn)
+                    if refusal is not None:
+                        self.stats["over_quota"] += 1
+                        job.outcomes += deferred([r], 452, "4.2.2", f"<{r}>: {refusal}")
+                        continue
+                name = unique_name(len(content), vsize)
                 try:
                     ensure_maildir(md)
                     fd = os.open(md / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -179,6 +204,50 @@ class LocalDelivery:
                 continue
             self.stats["delivered"] += 1
             f.job.outcomes.append(Outcome(f.rcpt, "delivered", 250, "2.0.0", f"delivered to maildir of {f.owner}"))
+        for md, (owner, limits, used) in warn.items():
+            try:
+                self._warn(md, owner, limits, used)
+            except OSError as exc:
+                (md / mquota.WARNED_FILE).unlink(missing_ok=True)  # try again at the next delivery
+                log.warning("quota warning for %s not delivered: %s", owner, exc)
+
+    def _over_quota(self, store: AccountStore, owner: str, md: Path, vsize: int, added: dict[Path, list[int]],
+                    warn: dict[Path, tuple[str, mquota.QuotaLimits, tuple[int, int]]]) -> str | None:
+        """Why OWNER's mailbox cannot take VSIZE more octets now, or None (then counted in ADDED)."""
+        account = store.get(owner)
+        assert self.limit_classes is not None
+        if account is None:
+            return None
+        limits = mquota.limits_for(account, self.limit_classes)
+        if limits.unlimited:
+            return None
+        base = mquota.usage(md)
+        extra = added.setdefault(md, [0, 0])
+        used = (base.bytes + extra[0], base.messages + extra[1])
+        err = mquota.quota_error(used, limits, vsize, 1)
+        if err is not None:
+            return err.text
+        extra[0] += vsize
+        extra[1] += 1
+        after = (used[0] + vsize, used[1] + 1)
+        if md not in warn and mquota.warning_due(md, limits, after):
+            warn[md] = (owner, limits, after)
+        return None
+
+    def _warn(self, md: Path, owner: str, limits: mquota.QuotaLimits, used: tuple[int, int]) -> None:
+        """Deliver the 90 % warning into OWNER's INBOX (tmp/, fsync, new/, fsync)."""
+        data = mquota.warning_message(owner, used, limits, self.postmaster)
+        name = unique_name(len(data), crlf_size(data))
+        fd = os.open(md / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(md / "tmp" / name, md / "new" / name)
+        fsync_dir(md / "new")
+        self.stats["quota_warnings"] += 1
+        log.info("quota warning delivered to %s (%s bytes, %s messages)", owner, *used)
 
     @staticmethod
     def _drop(f: _File, exc: OSError) -> None:

@@ -113,7 +113,7 @@ class DeliveryManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
         self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db,
-                                    postmaster=cfg.box.postmaster_address)
+                                    postmaster=cfg.box.postmaster_address, limit_classes=cfg.limits.classes)
         self._last_control = 0.0
 
     # --- life cycle -------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.mailstore.errors import MailstoreError
+
 UIDLIST = "appliance-uidlist"
 LOCKFILE = "appliance-uidlist.lock"
 VALIDITY_FILE = "appliance-uidvalidity"
@@ -52,10 +54,6 @@ def crlf(data: bytes) -> bytes:
     if lf == data.count(b"\r\n"):  # already CRLF throughout (APPENDed mail): no copy
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
-class MailstoreError(Exception):
-    """A refused mail store operation; the message is safe to show to a client."""
 
 
 @dataclass

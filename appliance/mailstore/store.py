@@ -13,6 +13,9 @@ import shutil
 from pathlib import Path
 
 from appliance.mailstore.folder import Folder, MailstoreError
+from appliance.mailstore.paths import maildir_path
+
+__all__ = ["Folder", "Mailstore", "MailstoreError", "maildir_path"]
 
 DELIMITER = "."
 SUBSCRIPTIONS = "subscriptions"
@@ -21,11 +24,6 @@ SPECIAL_USE = {"sent": "\\Sent", "drafts": "\\Drafts", "trash": "\\Trash", "junk
                "archive": "\\Archive"}
 
 _folders: dict[Path, Folder] = {}
-
-
-def maildir_path(mail_dir: str | Path, address: str) -> Path:
-    local, domain = address.split("@", 1)
-    return Path(mail_dir) / domain / local
 
 
 def _make(path: Path) -> None:

@@ -23,12 +23,17 @@ class Check:
     def on_connect(self, session: Session) -> Verdict | None:
         return None
 
-    def on_auth_check(self, session: Session) -> Verdict | None:
-        """Before a password is checked (SMTP AUTH, or XAUTHCHECK from the access service)."""
+    def on_auth_check(self, session: Session, login: str | None = None) -> Verdict | None:
+        """Before a password is checked (SMTP AUTH, or XAUTHCHECK from the access service).
+
+        LOGIN is None when the client has not said whom it logs in as yet (SMTP AUTH, before
+        the credentials are read)."""
         return None
 
     def on_auth(self, session: Session, login: str, ok: bool) -> Verdict | None:
-        """After a password was checked (SMTP AUTH, or XAUTHFAIL with ok=False)."""
+        """After a password was checked (SMTP AUTH, or XAUTHFAIL / XAUTHOK from the access service).
+
+        LOGIN may be "" when the access service could not pass it on."""
         return None
 
     def on_mail(self, session: Session, sender: str) -> Verdict | None:

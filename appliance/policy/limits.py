@@ -7,7 +7,9 @@ accepted are counted against message and recipient rates. What is counted
 - connect: concurrent connections and the connection rate per client address
   (members: concurrent connections per member, from the registry) -> ``421 4.7.0``;
 - AUTH check / failure (SMTP AUTH, and IMAP/POP logins via XAUTHCHECK/XAUTHFAIL)
-  per client address -> ``421 4.7.0``;
+  per client address -> ``421 4.7.0``, and per account (new addresses strictly,
+  addresses it logged in from before leniently) -> ``454 4.7.0`` (RFC 4954 6:
+  temporary authentication failure); successes (XAUTHOK) teach the known addresses;
 - MAIL / RCPT: would the message or recipient rate, or the daily quota, be
   exceeded? -> ``450 4.7.1 ... retry in N s`` (nothing is counted yet);
 - end of DATA: the message's units are reserved atomically; committed in
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from appliance.policy.check import Check
 from appliance.policy.verdicts import (
+    RATE_AUTH_ACCOUNT,
     RATE_AUTH_FAILURES,
     RATE_CONNECTION_RATE,
     RATE_CONNECTIONS,
@@ -46,6 +49,7 @@ _REPLIES: dict[Kind, Reply] = {
     Kind.CONNECTIONS: RATE_CONNECTIONS,
     Kind.CONNECTION_RATE: RATE_CONNECTION_RATE,
     Kind.AUTH_FAILURES: RATE_AUTH_FAILURES,
+    Kind.AUTH_ACCOUNT: RATE_AUTH_ACCOUNT,
     Kind.MESSAGES: RATE_MESSAGES,
     Kind.RECIPIENTS: RATE_RECIPIENTS,
     Kind.DAILY: RATE_DAILY,
@@ -118,14 +122,16 @@ class Limits(Check):
 
     # --- authentication -------------------------------------------------------------------
 
-    def on_auth_check(self, session: Session) -> Verdict | None:
-        refused = self.limiter.auth_check(session.client_ip, entry_of(session))
+    def on_auth_check(self, session: Session, login: str | None = None) -> Verdict | None:
+        refused = self.limiter.auth_check(session.client_ip, entry_of(session), login=login or None)
         return self._verdict(refused) if refused else None
 
     def on_auth(self, session: Session, login: str, ok: bool) -> Verdict | None:
         if ok:
+            if login:
+                self.limiter.auth_success(session.client_ip, login)
             return None
-        refused = self.limiter.auth_failure(session.client_ip, entry_of(session))
+        refused = self.limiter.auth_failure(session.client_ip, entry_of(session), login=login or None)
         return self._verdict(refused) if refused else None
 
     # --- transaction ----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from appliance.policy import (
     internal_peer,
     limits,
     member_access,
+    quota,
     recipient_count,
     recipient_domain,
     sender_identity,
@@ -65,6 +66,7 @@ CHECKS: list[CheckFactory] = [
     abuse.AbuseBrakeFeed,
     recipient_count.RecipientCount,
     recipient_domain.RecipientDomain,
+    quota.MailboxQuota,
     # DATA: header identities
     header_from.HeaderFrom,
     # rate limits (appliance/ratelimit), after the access checks
@@ -103,8 +105,8 @@ class Pipeline:
     def connect(self, session: Session) -> Verdict | None:
         return self._run("connect", session, lambda c: c.on_connect(session))
 
-    def auth_check(self, session: Session) -> Verdict | None:
-        return self._run("auth_check", session, lambda c: c.on_auth_check(session))
+    def auth_check(self, session: Session, login: str | None = None) -> Verdict | None:
+        return self._run("auth_check", session, lambda c: c.on_auth_check(session, login))
 
     def auth(self, session: Session, login: str, ok: bool) -> Verdict | None:
         return self._run("auth", session, lambda c: c.on_auth(session, login, ok))

@@ -98,7 +98,7 @@ XUSER_REQUIRED = Reply(530, "5.7.0", "XUSER required before MAIL")
 XUSER_SYNTAX = Reply(501, "5.5.4", "Syntax: XUSER login client-address protocol")
 XUSER_UNKNOWN = Reply(550, "5.7.1", "No such enabled account")
 XUSER_ALREADY = Reply(503, "5.5.1", "XUSER already given in this session")
-XAUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: {verb} client-address")
+XAUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: {verb} client-address [protocol] [LOGIN=xtext]")
 
 # --- envelope -------------------------------------------------------------------------------
 BAD_SENDER_SYNTAX = Reply(553, "5.1.7", "Sender address refused: {reason}")
@@ -110,6 +110,8 @@ ACCOUNT_HELD = Reply(450, "4.7.1", "Account sending is on hold; contact your pro
 RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied: {domain} is not a domain of this box")
 NO_SUCH_USER = Reply(550, "5.1.1", "No such mailbox: {recipient}")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients (at most {limit} per message)")
+# RFC 3463 4.2.2 "mailbox full": temporary, so the sender keeps the message and retries (issue 13).
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full: {recipient} ({reason})")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 NESTED_MAIL = Reply(503, "5.5.1", "Nested MAIL command")
@@ -125,6 +127,10 @@ HEADER_MALFORMED = Reply(550, "5.6.0", "Malformed message header: {reason}")
 RATE_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from {key} (limit {limit}); retry in {retry} s")
 RATE_CONNECTION_RATE = Reply(421, "4.7.0", "Connection rate exceeded for {key} (limit {limit}); retry in {retry} s")
 RATE_AUTH_FAILURES = Reply(421, "4.7.0", "too many authentication failures, retry in {retry} s")
+# RFC 4954 6: 454 4.7.0 "Temporary authentication failure". The session stays open.
+RATE_AUTH_ACCOUNT = Reply(454, "4.7.0", "Temporary authentication failure: too many failed logins for this "
+                          "account, retry in {retry} s")
+XAUTHOK_OK = Reply(250, "2.0.0", "remembered")
 RATE_MESSAGES = Reply(450, "4.7.1", "Message rate limit exceeded for {key} (limit {limit}); retry in {retry} s")
 RATE_RECIPIENTS = Reply(450, "4.7.1", "Recipient rate limit exceeded for {key} (limit {limit}); retry in {retry} s")
 RATE_DAILY = Reply(450, "4.7.1", "Daily message quota reached for {key} (limit {limit}); retry in {retry} s")

@@ -22,6 +22,7 @@ Maildir; `appliance status` lists held accounts.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -58,8 +59,13 @@ class AbuseBrake:
         store: LimitStore,
         accounts: AccountStore,
         clock: Clock = SYSTEM_CLOCK,
+        writer: concurrent.futures.Executor | None = None,
     ) -> None:
         self.cfg = cfg
+        # Where holds are written. The relay passes a single writer thread: a hold is a
+        # SQLite write that may wait for the lock (``accounts.BUSY_TIMEOUT``), and the
+        # brake is fed from the event loop. None: write in the caller's thread.
+        self.writer = writer
         self.conf: AbuseBrakeConfig = cfg.limits.abuse_brake
         self.store = store
         self.accounts = accounts
@@ -110,9 +116,26 @@ class AbuseBrake:
         reason = self._judge(t)
         if reason is None:
             return None
-        if self.accounts.hold(account, reason):
-            self._on_hold(account, reason, t)
+        if self.writer is None:
+            self._hold(account, reason, t)
+        else:
+            self.writer.submit(self._hold, account, reason, t)
         return reason
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every hold submitted so far is written (shutdown, tests)."""
+        if self.writer is not None:
+            self.writer.submit(lambda: None).result(timeout)
+
+    def _hold(self, account: str, reason: str, t: Tally) -> None:
+        try:
+            newly = self.accounts.hold(account, reason)
+        except Exception as exc:  # the next event retries the hold (it is idempotent)
+            log.error("abuse brake: could not hold account=%s: %s", account, exc)
+            metrics.BRAKE_HOLD_ERRORS.inc()
+            return
+        if newly:
+            self._on_hold(account, reason, t)
 
     def _judge(self, t: Tally) -> str | None:
         c = self.conf

@@ -16,6 +16,7 @@ class Kind(StrEnum):
     CONNECTIONS = "connections"  # concurrent connections (per IP, or per member)
     CONNECTION_RATE = "connection_rate"  # new connections per minute per IP
     AUTH_FAILURES = "auth_failures"  # failed logins per IP
+    AUTH_ACCOUNT = "auth_account"  # failed logins per account (new addresses, or known ones)
     MESSAGES = "messages"  # message rate per account or member
     RECIPIENTS = "recipients"  # recipient rate per account
     DAILY = "daily"  # messages per UTC day per account

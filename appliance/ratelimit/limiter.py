@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from appliance.accounts import Account
+from appliance.addresses import AddressError, normalize_address
 from appliance.config import Config
 from appliance.ratelimit import metrics
 from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
@@ -30,6 +31,7 @@ from appliance.registry.model import Member
 log = logging.getLogger("appliance.ratelimit")
 
 DEFAULT_MEMBER_CONNECTIONS = 20
+MAX_LOGIN = 320  # longest address (RFC 5321 4.5.3.1: 64 + 1 + 255)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ class Limiter:
         self._auth_limit = Rate(lim.auth_failures_per_ip * 60.0 / lim.auth_failure_window, lim.auth_failures_per_ip)
         self._member_default = Rate(lim.member_default_per_minute, lim.member_default_burst)
         self._class_limits: dict[tuple[object, ...], SenderLimits] = {}
+        self._known: dict[str, set[str]] = {}  # account -> addresses it logged in from (cache of the store)
+        self._known_written: dict[tuple[str, str], float] = {}
 
     @classmethod
     def open(cls, cfg: Config, clock: Clock = SYSTEM_CLOCK) -> Limiter:
@@ -112,24 +116,80 @@ class Limiter:
     def open_connections(self, ip: str, member: Member | None = None) -> int:
         return self._open.get(self._conn_key(ip, member)[0], 0)
 
-    # --- AUTH failures per client address (SMTP AUTH, IMAP LOGIN, POP USER/PASS) ---------------
+    # --- AUTH failures (SMTP AUTH, IMAP LOGIN, POP USER/PASS) ---------------------------------
+    #
+    # Two limits, both temporary (GCRA refills; nothing is ever locked for good):
+    # - per client address (IPv6 /64): `auth_failures_per_ip` per window, then 421 and close;
+    # - per account, against credential stuffing from many addresses: failures from
+    #   addresses the account never logged in from share one strict allowance
+    #   (`auth_failures_per_account_new`); failures from addresses it did log in from
+    #   share a lenient one (`auth_failures_per_account_known`). An attacker on new
+    #   addresses can use up only the first, so the real user, logging in from where they
+    #   did before, is never refused because of them.
+    # A refused attempt is not verified (no argon2 work) and counts against its address,
+    # not against the account, so a refusal cannot prolong itself.
 
-    def auth_check(self, ip: str, entry: str = "smtp") -> Limited | None:
-        """Before verifying a password: may this address try (again)?"""
+    def auth_check(self, ip: str, entry: str = "smtp", *, login: str | None = None) -> Limited | None:
+        """Before verifying a password: may this address (and, given LOGIN, try this account) now?"""
         key = ip_key(ip)
         wait = self._auth.peek(key, self._auth_limit)
         if wait:
             return self._limited(Kind.AUTH_FAILURES, key, self._auth_desc(), wait, entry)
+        if login is None:
+            return None
+        akey, rate, desc = self._account_bucket(login, key)
+        wait = self._auth.peek(akey, rate)
+        if wait:
+            self._auth.hit(key, self._auth_limit)
+            return self._limited(Kind.AUTH_ACCOUNT, akey, desc, wait, entry)
         return None
 
-    def auth_failure(self, ip: str, entry: str = "smtp") -> Limited | None:
-        """Count a failed login; once the address has used up its allowance, 421 and close."""
+    def auth_failure(self, ip: str, entry: str = "smtp", *, login: str | None = None) -> Limited | None:
+        """Count a failed login; once the address has used up its allowance, 421 and close.
+
+        The account's allowance is counted too; it refuses the *next* attempt (``auth_check``).
+        """
         key = ip_key(ip)
         self._auth.hit(key, self._auth_limit)
+        if login is not None:
+            akey, rate, _ = self._account_bucket(login, key)
+            self._auth.hit(akey, rate)
         wait = self._auth.peek(key, self._auth_limit)
         if wait:
             return self._limited(Kind.AUTH_FAILURES, key, self._auth_desc(), wait, entry)
         return None
+
+    def auth_success(self, ip: str, login: str) -> None:
+        """LOGIN logged in from IP: remember the address (persisted), so it gets the lenient limit."""
+        account, addr = _login_name(login), ip_key(ip)
+        known = self._known_addresses(account)
+        wall = self.clock.time()
+        # One write per account and address a day is enough to keep it from being forgotten.
+        if addr in known and wall - self._known_written.get((account, addr), 0.0) < 86400:
+            return
+        self.store.remember_login_address(account, addr, wall)
+        self._known_written[(account, addr)] = wall
+        if len(self._known_written) > 50_000:
+            self._known_written.clear()
+        self._known.pop(account, None)  # re-read: the store keeps only the newest ones
+
+    def _known_addresses(self, account: str) -> set[str]:
+        known = self._known.get(account)
+        if known is None:
+            known = self.store.login_addresses(account)
+            if len(self._known) > 10_000:
+                self._known.clear()
+            self._known[account] = known
+        return known
+
+    def _account_bucket(self, login: str, addr: str) -> tuple[str, Rate, str]:
+        account = _login_name(login)
+        window = self.limits.auth_failure_window
+        if addr in self._known_addresses(account):
+            n = self.limits.auth_failures_per_account_known
+            return f"authknown:{account}", Rate(n * 60.0 / window, n), f"{n} per {window}s from known addresses"
+        n = self.limits.auth_failures_per_account_new
+        return f"authnew:{account}", Rate(n * 60.0 / window, n), f"{n} per {window}s from new addresses"
 
     def _auth_desc(self) -> str:
         return f"{self.limits.auth_failures_per_ip} per {self.limits.auth_failure_window}s"
@@ -219,3 +279,11 @@ class Limiter:
 
     def daily_count(self, s: SenderLimits) -> int:
         return self.store.daily_count(s.key, self.clock.time())
+
+
+def _login_name(login: str) -> str:
+    """The account a login names, as the accounts database spells it (bounded: logins are client input)."""
+    try:
+        return normalize_address(login[:MAX_LOGIN])
+    except AddressError:
+        return login[:MAX_LOGIN].strip().lower()

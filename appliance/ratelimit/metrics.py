@@ -10,3 +10,4 @@ LIMITED = Counter(
     ["kind", "entry"],
 )
 BRAKE_HOLDS = Counter("relay_abuse_brake_holds", "Accounts held by the abuse brake")
+BRAKE_HOLD_ERRORS = Counter("relay_abuse_brake_hold_errors", "Holds the abuse brake could not write (retried)")

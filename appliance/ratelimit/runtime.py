@@ -7,6 +7,7 @@ delivery workers all count against one limiter (DESIGN.md "One policy point").
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 from dataclasses import dataclass
 
@@ -44,7 +45,11 @@ class LimitRuntime:
     pacer: Pacer
     accounts: LazyAccounts | AccountStore
 
+    writer: concurrent.futures.ThreadPoolExecutor | None = None
+
     def close(self) -> None:
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)  # holds in flight are written first
         self.limiter.close()
         self.accounts.close()
 
@@ -55,10 +60,12 @@ _runtimes: dict[int, tuple[Config, LimitRuntime]] = {}
 
 def build(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> LimitRuntime:
     limiter = Limiter.open(cfg, clock)
-    # Its own connection: the brake writes holds while the relay's checks read accounts.
+    # Its own connection, in one writer thread: a hold waits for the accounts database's
+    # write lock there, never in the relay's event loop.
     accounts = LazyAccounts(cfg)
-    brake = AbuseBrake(cfg, limiter.store, accounts, clock)  # type: ignore[arg-type]
-    return LimitRuntime(cfg, limiter, brake, Pacer(cfg, clock), accounts)
+    writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="brake-writer")
+    brake = AbuseBrake(cfg, limiter.store, accounts, clock, writer=writer)  # type: ignore[arg-type]
+    return LimitRuntime(cfg, limiter, brake, Pacer(cfg, clock), accounts, writer)
 
 
 def for_config(cfg: Config) -> LimitRuntime:

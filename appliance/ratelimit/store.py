@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS known_recipients (
     first_seen REAL NOT NULL,
     PRIMARY KEY (account, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS login_addresses (
+    account   TEXT NOT NULL,
+    address   TEXT NOT NULL,
+    last_seen REAL NOT NULL,
+    PRIMARY KEY (account, address)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS brake_reset (
     account TEXT PRIMARY KEY,
     at      REAL NOT NULL
@@ -41,6 +47,10 @@ CREATE TABLE IF NOT EXISTS brake_reset (
 
 KEEP_DAYS = 7
 KNOWN_RECIPIENT_DAYS = 365
+# Client addresses (ip_key: IPv4 or IPv6 /64) an account logged in from: the newest
+# KNOWN_LOGIN_ADDRESSES per account, forgotten after KNOWN_LOGIN_DAYS without a login.
+KNOWN_LOGIN_ADDRESSES = 32
+KNOWN_LOGIN_DAYS = 180
 
 
 def limits_db(cfg: Config) -> Path:
@@ -95,6 +105,7 @@ class LimitStore:
         cutoff = utc_day(wall - KEEP_DAYS * 86400)
         self._db.execute("DELETE FROM daily WHERE day < ?", (cutoff,))
         self._db.execute("DELETE FROM known_recipients WHERE first_seen < ?", (wall - KNOWN_RECIPIENT_DAYS * 86400,))
+        self._db.execute("DELETE FROM login_addresses WHERE last_seen < ?", (wall - KNOWN_LOGIN_DAYS * 86400,))
 
     # --- daily quotas ---------------------------------------------------------------
 
@@ -156,3 +167,28 @@ class LimitStore:
     def brake_reset_at(self, account: str) -> float:
         row = self._db.execute("SELECT at FROM brake_reset WHERE account = ?", (account,)).fetchone()
         return float(row[0]) if row else 0.0
+
+    # --- addresses an account logged in from (the per-account AUTH limit) -------------
+
+    def login_addresses(self, account: str) -> set[str]:
+        rows = self._db.execute("SELECT address FROM login_addresses WHERE account = ?", (account,)).fetchall()
+        return {r[0] for r in rows}
+
+    def remember_login_address(self, account: str, address: str, wall: float) -> None:
+        """ACCOUNT logged in from ADDRESS (an ip_key); keep only its newest KNOWN_LOGIN_ADDRESSES."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.execute(
+                "INSERT INTO login_addresses(account, address, last_seen) VALUES (?, ?, ?)"
+                " ON CONFLICT(account, address) DO UPDATE SET last_seen = excluded.last_seen",
+                (account, address, wall),
+            )
+            self._db.execute(
+                "DELETE FROM login_addresses WHERE account = ? AND address NOT IN"
+                " (SELECT address FROM login_addresses WHERE account = ? ORDER BY last_seen DESC LIMIT ?)",
+                (account, account, KNOWN_LOGIN_ADDRESSES),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,7 +163,7 @@ def sync_once(url: str, pinned_root: str | Path, registry_dir: str | Path) -> Sy
     except (tuf_exc.RepositoryError, tuf_exc.DownloadError, OSError, ValueError) as exc:
         raise SyncError(_reason(exc)) from None
     try:
-        reg = model.parse(json.loads(body))
+        reg = model.loads(body, TARGET_NAME)
     except ValueError as exc:
         raise SyncError(f"signed registry refused by validation: {exc}") from None
     target = reg_dir / "registry.json"

@@ -160,7 +160,7 @@ def parse(data: dict[str, Any]) -> Registry:
                 raise RegistryError(f"{where}: limits must be an object")
             try:
                 limits = MemberLimits(float(lim["messages_per_minute"]), int(lim["burst"]), int(lim.get("connections", 20)))
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(Infinity), found by fuzzing
                 raise RegistryError(f"{where}: limits need messages_per_minute and burst numbers") from None
             if not (0 < limits.messages_per_minute <= 1_000_000 and 1 <= limits.burst <= 1_000_000
                     and 1 <= limits.connections <= 10_000):
@@ -171,12 +171,21 @@ def parse(data: dict[str, Any]) -> Registry:
     return Registry(str(data.get("consortium", "")), str(data.get("code_of_practice", "")), tuple(members), data)
 
 
+def loads(raw: bytes | str, where: str = "registry.json") -> Registry:
+    """Parse and validate registry.json's bytes; RegistryError (naming WHERE) for anything unacceptable."""
+    if len(raw) > MAX_REGISTRY_BYTES:
+        raise RegistryError(f"{where}: larger than {MAX_REGISTRY_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"{where}: not valid JSON: {exc}") from None
+    except RecursionError:  # deeply nested arrays: the json module recurses per level
+        raise RegistryError(f"{where}: nested too deeply") from None
+    return parse(data)
+
+
 def load(path: str | Path) -> Registry:
     p = Path(path)
     if p.stat().st_size > MAX_REGISTRY_BYTES:
         raise RegistryError(f"{p}: larger than {MAX_REGISTRY_BYTES} bytes")
-    try:
-        data = json.loads(p.read_text())
-    except ValueError as exc:
-        raise RegistryError(f"{p}: not valid JSON: {exc}") from None
-    return parse(data)
+    return loads(p.read_bytes(), str(p))

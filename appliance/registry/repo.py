@@ -22,7 +22,6 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
+from appliance import fsutil
 from appliance.registry import model
 
 TARGET_NAME = "registry.json"
@@ -56,28 +56,17 @@ def _now() -> dt.datetime:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write PATH so that readers see the old or the new file, never half of one."""
+    """Write PATH so that readers see the old or the new file, never half of one (MODE from creation)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsutil.atomic_write(path, data, mode=mode)
 
 
 def write_private_key(keys_dir: Path, role: str, signer: CryptoSigner) -> Path:
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(keys_dir, 0o700)
+    # The directory first (0700), then the key created 0600: never readable by others, not even
+    # between creation and rename (appliance.fsutil).
+    fsutil.make_private_dir(keys_dir)
     path = keys_dir / f"{role}-{signer.public_key.keyid[:16]}.key"
-    write_atomic(path, signer.private_bytes, mode=0o600)
-    os.chmod(path, 0o600)
+    fsutil.atomic_write(path, signer.private_bytes, mode=0o600)
     return path
 
 
@@ -375,7 +364,7 @@ class OperatorRepo:
             if keyid in new_root.keys:  # still used by another role
                 continue
             for f in keys_dir.glob(f"*-{keyid[:16]}.key"):
-                retired.mkdir(mode=0o700, exist_ok=True)
+                fsutil.make_private_dir(retired)
                 f.rename(retired / f.name)
         return md
 

@@ -87,8 +87,12 @@ def decode(raw: bytes, *, with_data: bool = True) -> SpooledMessage:
             meta=dict(env.get("meta") or {}),
             data=data if with_data else b"",
         )
-    except (ValueError, KeyError, TypeError) as exc:
+        # Text the box could not write back or send (lone surrogates from "\ud800" escapes).
+        json.dumps([msg.id, msg.sender, msg.recipients, msg.meta], ensure_ascii=False).encode()
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: float(10**400)
         raise SpoolFormatError(f"bad envelope: {exc}") from None
+    except RecursionError:  # deeply nested JSON (tests/fuzz/regressions/spool)
+        raise SpoolFormatError("bad envelope: nested too deeply") from None
     if not msg.recipients:
         raise SpoolFormatError("envelope has no recipients")
     return msg

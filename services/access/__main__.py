@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
 from services.access.backend import Backend
-from services.access.imap import IMAPServer
+from services.access.imap import IMAPConnection
 from services.access.pop3 import POP3Server
 
 
@@ -39,7 +39,7 @@ class TLSContext:
 def listen(cfg: Config, backend: Backend) -> list[Any]:
     tls = TLSContext(cfg.tls.cert, cfg.tls.key)
     ports = []
-    for name, proto in (("imap", IMAPServer), ("imaps", IMAPServer), ("pop3", POP3Server), ("pop3s", POP3Server)):
+    for name, proto in (("imap", IMAPConnection), ("imaps", IMAPConnection), ("pop3", POP3Server), ("pop3s", POP3Server)):
         lst = getattr(cfg.listeners, name)
         if not lst.enabled:
             continue

@@ -6,14 +6,16 @@ pool so one slow login never stalls other sessions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer, threads
 
 from appliance.accounts import Account, AccountStore
 from appliance.config import Config
-from appliance.mailstore import Mailstore, maildir_path
+from appliance.mailstore import MailStore, account_maildir, open_store
+from appliance.mailstore.quota import limits_for
 from appliance.submitclient import EnvelopeError, Reply, SubmitClient, envelope
+from services.access.conncaps import ConnectionCaps
 
 
 class LoginRefused(Exception):
@@ -33,33 +35,45 @@ class Backend:
     cfg: Config
     accounts: AccountStore
     submit: SubmitClient
+    # The process's one set of IMAP/POP connection counts (services/access/conncaps.py).
+    caps: ConnectionCaps = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.caps = ConnectionCaps(self.cfg)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Backend:
         return cls(cfg, AccountStore(cfg.paths.accounts_db), SubmitClient(cfg.paths.internal_socket))
 
-    def mailstore(self, address: str) -> Mailstore:
-        store = Mailstore(maildir_path(self.cfg.paths.mail_dir, address), self.cfg.access.special_folders,
-                          self.cfg.access.outbox)
-        store.ensure()
-        return store
+    def mailstore(self, address: str) -> MailStore:
+        """Blocking. The account's shared store (a bounded LRU per process), with its quota limits."""
+        account = self.accounts.get(address)
+        limits = limits_for(account, self.cfg.limits.classes) if account is not None else None
+        return open_store(account_maildir(self.cfg.paths.mail_dir, address), self.cfg.access.special_folders,
+                          self.cfg.access.outbox, quota=limits)
 
     @defer.inlineCallbacks
     def login(self, user: str, password: str, client_ip: str):  # type: ignore[no-untyped-def]
         """Deferred Account; LoginRefused or LoginUnavailable on failure.
 
-        The shared limiter is asked before verifying (so a blocked address costs
-        no argon2 work) and told after every failure.
+        The shared limiter is asked before verifying (so a blocked address, or an
+        account under attack from new addresses, costs no argon2 work) and told
+        after every failure, with the login, so failures count per address and per
+        account. A success is reported too: the address becomes one the account is
+        known to log in from, which keeps its owner out of reach of attacks on the
+        account from elsewhere. Refusals are temporary (NO [LIMIT], -ERR [SYS/TEMP]).
         """
-        check: Reply = yield threads.deferToThread(self.submit.auth_check, client_ip)
+        check: Reply = yield threads.deferToThread(self.submit.auth_check, client_ip, user)
         if not check.ok:
             raise LoginUnavailable(check)
         account: Account | None = yield threads.deferToThread(self.accounts.authenticate, user, password)
         if account is None:
-            fail: Reply = yield threads.deferToThread(self.submit.auth_fail, client_ip)
+            fail: Reply = yield threads.deferToThread(self.submit.auth_fail, client_ip, user)
             if not fail.ok and fail.code != 421:
                 raise LoginUnavailable(fail)
             raise LoginRefused("authentication failed")
+        # Best effort: if the relay cannot take the note now, the address is just not learnt yet.
+        yield threads.deferToThread(self.submit.auth_ok, client_ip, account.address)
         return account
 
     def send(self, account: str, client_ip: str, protocol: str, message: bytes, sender: str | None = None,

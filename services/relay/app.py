@@ -12,14 +12,18 @@ import ssl
 import threading
 from pathlib import Path
 
+from prometheus_client import REGISTRY
+
 from appliance import metrics
 from appliance.accounts import Account, AccountStore
+from appliance.catalog import built_services
 from appliance.config import Config
 from appliance.delivery import DeliveryManager
 from appliance.message import DkimSigner
 from appliance.policy import pipeline as policy_pipeline
 from appliance.ratelimit import runtime as limits_runtime
 from appliance.spool import Spool
+from appliance.watchdog import ServiceStateCollector
 from services.relay.internal import InternalSMTP
 from services.relay.pinned_tls import PinnedClientCertContext
 from services.relay.registry_watch import RegistryHolder
@@ -44,7 +48,7 @@ class RelayApp:
         self.tls_client_cert = PinnedClientCertContext(cfg.tls.cert, cfg.tls.key)
         self.signer = self._signer(cfg)
         self.accounts = AccountStore(cfg.paths.accounts_db)
-        self.registry = RegistryHolder(cfg.registry_dir)
+        self.registry = RegistryHolder(cfg.registry_dir, tuf=bool(cfg.registry.url))
         self.registry.reload(force=True)
         self.pipeline = policy_pipeline.build(policy_pipeline.PolicyContext(cfg, self.accounts))
         self.handler = RelayHandler(self)
@@ -132,6 +136,8 @@ class RelayApp:
             self.servers.append(server)
             log.info("listening: internal %s", sock_path)
             if ls.metrics.enabled:
+                # Service states (FATAL, flapping, not running) from the watchdog, on the same /metrics.
+                REGISTRY.register(ServiceStateCollector(Path(cfg.paths.run_dir), [s.name for s in built_services()]))
                 metrics.serve(ls.metrics.host, ls.metrics.port)
                 log.info("metrics: http://%s:%d/metrics", ls.metrics.host, ls.metrics.port)
         except OSError as exc:

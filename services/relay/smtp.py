@@ -257,7 +257,13 @@ class RelaySMTP(SMTP):
         if plain:
             # The common case, without the email package's (slow) RFC 5322 parser.
             return plain.group(1), plain.group(2)
-        address, rest = super()._getaddr(arg)
+        try:
+            address, rest = super()._getaddr(arg)
+        except (IndexError, AttributeError, ValueError, TypeError):
+            # The email package's parser fails on some malformed paths instead of raising
+            # HeaderParseError: "<" alone (IndexError), "<a@[t\ufffd]>" (AttributeError), found by
+            # tests/fuzz. A path it cannot parse is a syntax error (501), not an internal error (451).
+            return None, None
         if address and stripped.startswith("<"):
             inner = stripped[1:].split(">", 1)[0]
             if inner != address:
@@ -320,6 +326,13 @@ class RelaySMTP(SMTP):
         if creds is None:
             return  # a reply was given already
         login, password = creds
+        # Now the account is known: its own failure allowance (appliance/ratelimit/limiter.py),
+        # before any password work. 454 4.7.0, temporary (RFC 4954 6).
+        verdict = self.app.pipeline.auth_check(ps, login)
+        if verdict is not None:
+            metrics.AUTH.labels("refused").inc()
+            await self.reply(verdict)
+            return
         account = await self.app.authenticate(login, password)
         ok = account is not None
         metrics.AUTH.labels("ok" if ok else "failed").inc()
@@ -509,7 +522,7 @@ class RelayHandler:
         if server.listener in SUBMISSION and ps.tls and ps.login is None:
             lines.append("AUTH PLAIN LOGIN")
         if server.listener == "internal":
-            lines += ["XUSER", "XAUTHCHECK", "XAUTHFAIL"]
+            lines += ["XUSER", "XAUTHCHECK", "XAUTHFAIL", "XAUTHOK"]
         return [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
 
     async def handle_HELO(self, server: RelaySMTP, session: Any, envelope: Any, hostname: str) -> str:

@@ -25,6 +25,10 @@ class Dovecot:
     pop3_port: int
     proc: subprocess.Popen[bytes]
 
+    def maildir(self, login: str) -> Path:
+        """LOGIN's INBOX Maildir (owned by nobody, as Dovecot's mail processes run)."""
+        return self.dir / "home" / login / "Maildir"
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -42,11 +46,14 @@ def _hash(password: str) -> str:
     return out.stdout.strip()
 
 
-def start_dovecot(users: dict[str, str], cert: str, key: str, hashes: dict[str, str] | None = None) -> Dovecot:
+def start_dovecot(users: dict[str, str], cert: str, key: str, hashes: dict[str, str] | None = None,
+                  extra_conf: str = "") -> Dovecot:
     """Start Dovecot serving USERS (login -> password), each with an empty Maildir, on 127.0.0.1.
 
     HASHES (login -> "{SCHEME}hash") replaces the default SHA512-CRYPT hash, e.g. to give
     Dovecot the same argon2id hash the appliance verifies, for a fair login benchmark.
+    EXTRA_CONF is appended to dovecot.conf (Dovecot merges repeated blocks): the
+    differential's extensions, the benchmark's 200-session process limits.
     """
     if shutil.which("dovecot") is None:
         raise RuntimeError("dovecot is not installed (package dovecot-imapd dovecot-pop3d)")
@@ -124,6 +131,7 @@ service imap-login {{
 service pop3-login {{
   chroot =
 }}
+{extra_conf}
 """)
     proc = subprocess.Popen(["dovecot", "-F", "-c", str(d / "dovecot.conf")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)

@@ -18,8 +18,9 @@ Token = Any
 
 
 class RawIMAP:
-    def __init__(self, host: str, port: int, ctx: ssl.SSLContext) -> None:
-        s = socket.create_connection((host, port), timeout=30)
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, timeout: float = 30) -> None:
+        # TIMEOUT bounds every read: a server that never answers fails the step, never hangs the test.
+        s = socket.create_connection((host, port), timeout=timeout)
         self.sock: socket.socket = s
         self.buf = b""
         self.n = 0
@@ -109,9 +110,10 @@ def tokenize(data: bytes) -> list[Token]:
                 end += 1
             stack[-1].append(val)
             pos = end + 1
-        elif c == b"{":
+        elif c == b"{" or data[pos : pos + 2] == b"~{":  # a literal, or a literal8 (RFC 3516 BINARY)
+            pos += c == b"~"
             close = data.index(b"}", pos)
-            size = int(data[pos + 1 : close])
+            size = int(data[pos + 1 : close].rstrip(b"+"))
             start = close + 3
             stack[-1].append(data[start : start + size])
             pos = start + size
@@ -187,3 +189,157 @@ def normalize(untagged: list[bytes], tagged: bytes) -> tuple[Any, ...]:
             out.append(tuple(toks))
     # Order matters for EXPUNGE and FETCH; the informative OK codes may come in any order.
     return (status.upper(), _code(text), out, sorted(codes, key=repr))
+
+
+# --- The strict normalizer of the broad differential (tests/access/test_imap_diff_rfc.py) -------------
+# It keeps the structure of every response and removes only what RFC 3501/9051 leave to the server:
+# the human text, UIDVALIDITY and MODSEQ values (any strictly ascending numbers are right), the order
+# of FETCH items, flags and LIST replies, the form of sequence sets (1:3 = 1,2,3), the case of MIME
+# type names, dates the server chose itself, and capabilities outside the set the box advertises.
+
+COMPARED_CAPABILITIES = frozenset(
+    b"IMAP4REV1 STARTTLS LOGINDISABLED AUTH=PLAIN SASL-IR ENABLE ID LITERAL+ CONDSTORE QRESYNC ESEARCH SEARCHRES SORT "
+    b"THREAD=REFERENCES THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY MULTIAPPEND CATENATE "
+    b"UIDPLUS MOVE SPECIAL-USE IDLE NAMESPACE UNSELECT QUOTA CHILDREN".split())
+_VOLATILE_CODES = (b"UIDVALIDITY", b"HIGHESTMODSEQ")  # the number is the server's choice, its presence is not
+
+
+def seqset(value: bytes) -> list[int] | bytes:
+    """1:3,5 -> [1, 2, 3, 5] (a server may write a set either way); anything else unchanged."""
+    if not re.fullmatch(rb"[0-9:,]+", value):
+        return value
+    out: list[int] = []
+    for part in value.split(b","):
+        lo, _, hi = part.partition(b":")
+        a, b = int(lo), int(hi or lo)
+        out.extend(range(min(a, b), max(a, b) + 1))
+        if len(out) > 100_000:  # a bounded expansion: "1:4294967295" stays as written
+            return value
+    return sorted(set(out))
+
+
+def _strict_code(text: bytes) -> Token:
+    m = re.match(rb"\[([^\]]*)\]", text.strip())
+    if not m:
+        return None
+    toks = tokenize(m.group(1))
+    name = toks[0].upper() if toks and isinstance(toks[0], bytes) else b""
+    if name in _VOLATILE_CODES:
+        return [name]
+    if name in (b"APPENDUID", b"COPYUID"):
+        return [name, *(seqset(t) for t in toks[2:])]
+    if name == b"CAPABILITY":
+        return [name, sorted(c.upper() for c in toks[1:] if c.upper() in COMPARED_CAPABILITIES)]
+    if name == b"PERMANENTFLAGS" and len(toks) > 1:
+        return [name, sorted(toks[1])]
+    if name == b"MODIFIED":
+        return [name, seqset(toks[1])]
+    return [name, *toks[1:]]
+
+
+def _body(b: Token) -> Token:
+    """BODY/BODYSTRUCTURE with the case-insensitive parts (types, parameter names, encodings) upper-cased."""
+    if not isinstance(b, list) or not b:
+        return b
+    up = lambda t: t.upper() if isinstance(t, bytes) else t  # noqa: E731
+    params = lambda p: [up(x) if i % 2 == 0 else x for i, x in enumerate(p)] if isinstance(p, list) else p  # noqa: E731
+    if isinstance(b[0], list):  # multipart: parts, then the subtype and the extension data
+        i = next((k for k, x in enumerate(b) if not isinstance(x, list)), len(b))
+        rest = b[i:]
+        return [*(_body(x) for x in b[:i]), *([up(rest[0])] if rest else []), *([params(rest[1])] if len(rest) > 1 else []),
+                *rest[2:]]
+    out = [up(b[0]), up(b[1]), params(b[2]) if len(b) > 2 else None, *b[3:5], *([up(b[5])] if len(b) > 5 else []), *b[6:]]
+    if len(out) > 8 and up(b[0]) == b"MESSAGE" and up(b[1]) == b"RFC822":
+        out[8] = _body(out[8])
+    return out[: len(b)]
+
+
+def _strict_fetch(tokens: list[Token], today: bytes) -> dict[bytes, Token]:
+    items: dict[bytes, Token] = {}
+    for i in range(0, len(tokens) - 1, 2):
+        key = tokens[i].upper() if isinstance(tokens[i], bytes) else repr(tokens[i]).encode()
+        value = tokens[i + 1]
+        if key == b"FLAGS":
+            value = sorted(value)
+        elif key == b"MODSEQ":
+            value = [b"N"]
+        elif key in (b"BODY", b"BODYSTRUCTURE"):
+            value = _body(value)
+        elif key == b"INTERNALDATE" and isinstance(value, bytes) and today in value:
+            value = b"<server's clock>"  # APPEND without a date: the server's now
+        items[key] = value
+    return dict(sorted(items.items()))
+
+
+def _strict_untagged(toks: list[Token], today: bytes) -> Token:
+    if len(toks) >= 2 and toks[1] == b"FETCH" and isinstance(toks[2], list):
+        return (b"FETCH", toks[0], _strict_fetch(toks[2], today))
+    head = toks[0].upper() if toks and isinstance(toks[0], bytes) else b""
+    if head == b"CAPABILITY":
+        return (head, sorted(c.upper() for c in toks[1:] if c.upper() in COMPARED_CAPABILITIES))
+    if head in (b"SEARCH", b"SORT"):
+        nums = [t for t in toks[1:] if isinstance(t, bytes)]
+        mod = [[b"MODSEQ", b"N"] for t in toks[1:] if isinstance(t, list)]
+        return (head, sorted(int(x) for x in nums) if head == b"SEARCH" else [int(x) for x in nums], mod)
+    if head == b"ESEARCH":
+        rest = toks[1:]
+        corr = rest.pop(0) if rest and isinstance(rest[0], list) else None
+        uid = bool(rest) and rest[0] == b"UID"
+        pairs = rest[1:] if uid else rest
+        data = {pairs[i].upper(): (b"N" if pairs[i].upper() == b"MODSEQ" else seqset(pairs[i + 1]))
+                for i in range(0, len(pairs) - 1, 2)}
+        return (head, corr, uid, data)
+    if head == b"FLAGS":
+        return (head, sorted(toks[1]))
+    if head in (b"LIST", b"LSUB"):
+        ext = toks[4:]  # LIST-EXTENDED: (CHILDINFO (...)) and friends
+        return (head, sorted(a.lower() for a in toks[1]), toks[2], toks[3], ext)
+    if head == b"STATUS":
+        items = dict(zip(toks[2][::2], toks[2][1::2], strict=True))
+        return (head, toks[1], dict(sorted((k.upper(), b"N" if k.upper() in (b"UIDVALIDITY", b"HIGHESTMODSEQ") else v)
+                                           for k, v in items.items())))
+    if head == b"ID":
+        return (head,)  # the server's name and version (RFC 2971 lets it send NIL)
+    if head == b"VANISHED":
+        earlier = isinstance(toks[1], list)
+        return (head, earlier, seqset(toks[-1]))
+    if head == b"QUOTAROOT":
+        return (head, toks[1], len(toks) - 2)  # root names are configuration
+    if head == b"QUOTA":
+        res = toks[2] if len(toks) > 2 and isinstance(toks[2], list) else []
+        return (head, [r.upper() for r in res[::3]])  # resource names; usage and limits are configuration
+    return tuple(toks)
+
+
+def normalize_strict(untagged: list[bytes], tagged: bytes, today: bytes = b"", command: bytes = b"") -> tuple[Any, ...]:
+    """The comparable form of one command's answer (see the comment above); TAGGED without the tag.
+
+    FLAGS and PERMANENTFLAGS are compared in the answer to SELECT/EXAMINE (where RFC 3501 §6.3.1
+    requires them); elsewhere a server may send them whenever its keyword list grows.
+    """
+    status, _, text = tagged.partition(b" ")
+    selecting = command.split(b" ", 1)[0].upper() in (b"SELECT", b"EXAMINE")
+    segments: list[list[Any]] = [[]]
+    for r in untagged:
+        if not r.startswith(b"* "):
+            segments[-1].append((b"RAW", r[:40]))
+            continue
+        first = r[2:].split(b" ", 1)[0].upper()
+        if first in (b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"):
+            code = _strict_code(r[2 + len(first) + 1 :])
+            if not selecting and code and code[0] == b"PERMANENTFLAGS":
+                continue
+            if code is not None or first != b"OK":  # an OK without a code is free text ("Still here")
+                segments[-1].append((first, code))
+            continue
+        norm = _strict_untagged(tokenize(r[2:]), today)
+        if norm[0] == b"FLAGS" and not selecting:
+            continue
+        if norm[0] in (b"EXISTS", b"EXPUNGE", b"VANISHED") or (len(norm) > 1 and norm[1] in (b"EXISTS", b"EXPUNGE")):
+            # Sequence numbers change here: what comes before and after must not be reordered.
+            segments.append([norm])
+            segments.append([])
+        else:
+            segments[-1].append(norm)
+    body = [item for seg in segments for item in sorted(seg, key=repr)]
+    return (status.upper(), _strict_code(text), body)

@@ -85,7 +85,8 @@ class Box:
         self.running = False
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cli("status", "--json").stdout)
+        # Exit status 1 means "a service is not running" (docs/status.md); the JSON is the answer here.
+        return json.loads(self.cli("status", "--json", check=False).stdout)
 
     def maildir(self, address: str, folder: str = "") -> Path:
         local, domain = address.split("@")

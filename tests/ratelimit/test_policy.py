@@ -183,6 +183,7 @@ def test_refused_recipients_hold_the_account(ctx: PolicyContext) -> None:
     result = send(pipe, s, ["bob@example.test", "x@example.test", "y@example.test", "z@example.test"])
     assert result == "250"
     pipe.disconnect(s)
+    runtime.for_config(ctx.cfg).brake.flush()  # the hold is written by the brake's writer thread
     account = ctx.accounts.get(ALICE)
     assert account.held and "3 of 4 recipients refused" in account.held_reason
     v = pipe.mail(customer_session(ctx, "internal", "imap"), ALICE)

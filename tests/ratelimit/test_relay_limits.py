@@ -252,7 +252,7 @@ def test_compromised_account_is_held_and_released(relay: Relay) -> None:
     assert final_reply(held).startswith("450 4.7.1"), held
     assert xuser_send(relay, "dave@example.test", "IMAP", "bob@example.test", "held").startswith("450 4.7.1")
 
-    status = json.loads(run_cli(relay.config_file, "status", "--json").stdout)
+    status = json.loads(run_cli(relay.config_file, "status", "--json", check=False).stdout)
     [entry] = [h for h in status["held_accounts"] if h["address"] == "dave@example.test"]
     assert "first-time recipients" in entry["reason"]
     notes = list((Path(relay.cfg.paths.mail_dir) / "example.test" / "postmaster" / "new").iterdir())
@@ -266,5 +266,5 @@ def test_compromised_account_is_held_and_released(relay: Relay) -> None:
     assert final_reply(again).startswith("250"), again
     assert final_reply(swaks(relay, "--from", "dave@example.test", "--to", "bob@example.test",
                              user="dave@example.test")).startswith("250")
-    status = json.loads(run_cli(relay.config_file, "status", "--json").stdout)
+    status = json.loads(run_cli(relay.config_file, "status", "--json", check=False).stdout)
     assert not [h for h in status["held_accounts"] if h["address"] == "dave@example.test"]

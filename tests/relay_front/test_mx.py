@@ -203,6 +203,7 @@ def test_registry_changes_picked_up_by_polling(relay: Relay) -> None:
 
 def test_expired_registry_gives_members_421(relay: Relay) -> None:
     state = relay.cfg.registry_dir / "state.json"
+    good = state.read_bytes()
     state.write_text(json.dumps({"version": 3, "expired": True}))
     try:
         relay.hup()
@@ -211,7 +212,7 @@ def test_expired_registry_gives_members_421(relay: Relay) -> None:
         # Customers are unaffected.
         swaks(relay, "--from", "alice@example.test", "--to", "alice@example.test", check=True)
     finally:
-        state.unlink()
+        state.write_bytes(good)  # a missing state.json is "expired" too (tests/security)
         relay.hup()
     greeting = _await_greeting(relay, "220")
     assert greeting.startswith("220"), greeting

@@ -1,0 +1,247 @@
+"""The per-account index: one SQLite database in WAL mode, ``ROOT/appliance-index.sqlite``.
+
+In the spirit of Dovecot's lib-index, the index holds everything about a
+message except its bytes: UID, flags, keywords, CRLF size, internal date,
+MODSEQ, plus cached ENVELOPE/BODYSTRUCTURE/header fields. The messages stay
+Maildir files; the index can always be rebuilt from them (see ``rebuild.py``).
+
+Durability (docs/mailstore.md): ``synchronous=FULL``, so a committed
+transaction survives power loss. That matters for UIDs: the UIDNEXT a
+transaction hands out must never be handed out again (RFC 3501 §2.3.1.1), and
+in WAL mode a commit costs one fsync of the log, a small price next to the
+two fsyncs each message file already gets.
+
+One connection per thread (``threading.local``): the store is called from
+worker threads, and one connection shared between them would interleave
+transactions. A generation number lets ``close`` (e.g. by the LRU of open
+stores) close every thread's connection; a thread that uses the store again
+opens a new one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger("appliance.mailstore.index")
+
+INDEX_FILE = "appliance-index.sqlite"
+LOCK_FILE = "appliance-index.lock"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS mailboxes (
+    id               INTEGER PRIMARY KEY,
+    name             TEXT NOT NULL UNIQUE,
+    uidvalidity      INTEGER NOT NULL,
+    uidnext          INTEGER NOT NULL,
+    highestmodseq    INTEGER NOT NULL,
+    special_use      TEXT,
+    first_recent_uid INTEGER NOT NULL,
+    messages         INTEGER NOT NULL DEFAULT 0,   -- maintained with every insert/delete (quota, STATUS)
+    bytes            INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    mailbox_id   INTEGER NOT NULL,
+    uid          INTEGER NOT NULL,
+    stem         TEXT NOT NULL,      -- file name without ":2,<info>"
+    flags        INTEGER NOT NULL,   -- bitmask, appliance.mailstore.maildir
+    keywords     TEXT NOT NULL DEFAULT '',  -- sorted, space separated
+    size         INTEGER NOT NULL,   -- octets with CRLF line endings (RFC822.SIZE)
+    internaldate REAL NOT NULL,
+    modseq       INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS messages_modseq ON messages (mailbox_id, modseq);
+CREATE INDEX IF NOT EXISTS messages_stem ON messages (mailbox_id, stem);
+CREATE INDEX IF NOT EXISTS messages_unseen ON messages (mailbox_id, uid) WHERE flags & 1 = 0;
+CREATE INDEX IF NOT EXISTS messages_deleted ON messages (mailbox_id, uid) WHERE flags & 8 != 0;
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox_id INTEGER NOT NULL,
+    uid        INTEGER NOT NULL,
+    modseq     INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (mailbox_id, modseq);
+CREATE TABLE IF NOT EXISTS cache (
+    mailbox_id INTEGER NOT NULL,
+    uid        INTEGER NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    PRIMARY KEY (mailbox_id, uid, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keywords (
+    mailbox_id INTEGER NOT NULL,
+    keyword    TEXT NOT NULL,
+    PRIMARY KEY (mailbox_id, keyword)
+) WITHOUT ROWID;
+"""
+
+
+class Counter:
+    """A thread-safe count for metrics (the access service exports it to Prometheus)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def inc(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+# Indexes found unreadable and rebuilt from the Maildir (appliance_mailstore_index_rebuilds_total).
+REBUILDS = Counter()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA cache_size=-4000")  # 4 MB per connection: RSS stays bounded with many threads
+    return db
+
+
+@contextmanager
+def account_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock over opening/rebuilding the index (between processes and threads)."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+class Index:
+    """The SQLite index of one account. Thread-safe; each thread gets its own connection."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / INDEX_FILE
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._generation = 0
+        self._active = 0  # operations running (in any thread): close() waits for them
+        self._close_pending = False
+        self.rebuilt = False  # True when open() found no usable index: callers import the Maildir
+
+    @classmethod
+    def open(cls, root: Path) -> Index:
+        """Open (or create) ROOT's index; an unreadable one is moved aside, logged and counted.
+
+        Call under ``account_lock(root)``.
+        """
+        ix = cls(root)
+        existed = ix.path.exists()
+        try:
+            db = ix.conn()
+            db.executescript(SCHEMA)
+            version = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            if version is None:
+                db.execute("INSERT INTO meta(key, value) VALUES ('version', ?)", (SCHEMA_VERSION,))
+                ix.rebuilt = True  # a new file: whatever is on disk must be imported
+            elif int(version[0]) > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"index schema {version[0]} is newer than this software")
+            db.execute("SELECT count(*) FROM mailboxes").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                ix.close()
+                raise
+            ix._discard(exc)
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "malformed", ...
+            ix._discard(exc)
+        if ix.rebuilt and existed:
+            REBUILDS.inc()
+        return ix
+
+    def _discard(self, exc: Exception) -> None:
+        """Move an unreadable index aside (kept for a post-mortem) and start an empty one."""
+        self.close()
+        aside = self.path.with_name(f"{INDEX_FILE}.corrupt-{int(time.time())}")
+        log.error("mail index %s unreadable (%s): rebuilding it from the Maildir; the old file is %s",
+                  self.path, exc, aside.name)
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        db = self.conn()
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO meta(key, value) VALUES ('version', ?)", (SCHEMA_VERSION,))
+        self.rebuilt = True
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, or again after ``close``)."""
+        got = getattr(self._local, "conn", None)
+        if got is not None and got[0] == self._generation:
+            return got[1]
+        db = _connect(self.path)
+        with self._lock:
+            self._conns.append(db)
+            self._local.conn = (self._generation, db)
+        return db
+
+    @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._active += 1
+        try:
+            yield self.conn()
+        finally:
+            with self._lock:
+                self._active -= 1
+                idle_close = self._active == 0 and self._close_pending
+            if idle_close:
+                self.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the writer lock is taken up front, no upgrade deadlock)."""
+        with self._using() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every statement inside sees the same snapshot."""
+        with self._using() as db:
+            db.execute("BEGIN")
+            try:
+                yield db
+            finally:
+                db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every thread's connection now, or when the last running operation ends.
+
+        The next use in any thread opens a new connection, so closing a store someone
+        still holds (the LRU evicting it) costs a reopen, never an error.
+        """
+        with self._lock:
+            if self._active:
+                self._close_pending = True
+                return
+            self._close_pending = False
+            conns, self._conns = self._conns, []
+            self._generation += 1
+        for db in conns:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,537 @@
+"""One mailbox: a Maildir directory and its rows in the account's index.
+
+Every operation costs in proportion to what it touches (issue 13):
+
+* ``sync()`` reads ``new/`` only: the relay's deliveries get UIDs in one
+  transaction and move to ``cur/`` as ``<stem>,U=<uid>:2,<letters>``;
+* ``store()`` of k messages is k indexed updates in one transaction, plus a
+  rename for each message whose standard flags change (so other Maildir tools
+  see them); keyword-only changes touch the index only;
+* ``expunge()``/``move_to()`` are k deletions from a B-tree, O(k log n);
+* ``copy_to()`` hard-links the files and fsyncs the destination once.
+
+Crash safety. A UID is committed to the index *before* any file carries it in
+its name, so a UID the index handed out is never handed out again
+(RFC 3501 §2.3.1.1). A file is fully written and fsynced in ``tmp/`` (or is
+already in ``new/``) before its row is committed; only then is it renamed into
+``cur/``. Between the commit and the rename (or after a crash there), the file
+is found at its old place by ``_locate`` and moved on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from appliance.fsutil import atomic_write, fsync_dir
+from appliance.mailstore.errors import MailstoreError
+from appliance.mailstore.maildir import (
+    FORWARDED,
+    bits_of_letters,
+    crlf,
+    crlf_size,
+    flag_tuple,
+    join_keywords,
+    letters_of_bits,
+    parse_flags,
+    split_name,
+    unique_name,
+    vsize_in,
+    without_uid,
+)
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from appliance.mailstore.account import MailStore
+
+VALIDITY_FILE = "appliance-uidvalidity"  # "V<uidvalidity> N<uidnext floor>": survives a lost index
+_CHUNK = 500  # SQLite's variable limit is 32766; smaller chunks keep statements cheap to prepare
+
+
+class Record(NamedTuple):
+    uid: int
+    flags: tuple[str, ...]
+    size: int  # octets with CRLF line endings
+    internaldate: float
+    modseq: int
+
+
+class MailboxState(NamedTuple):
+    uidnext: int
+    highestmodseq: int
+    exists: int
+    uids: array  # array('L'), ascending
+
+
+class StoreResult(NamedTuple):
+    changed: list[Record]  # messages whose flags changed, with their new MODSEQ
+    failed: list[int]  # UNCHANGEDSINCE failures (RFC 7162 §3.1.3 MODIFIED)
+
+
+_COLS = "uid, flags, keywords, size, internaldate, modseq"
+
+
+def _record(row: tuple[int, int, str, int, float, int]) -> Record:
+    return Record(row[0], flag_tuple(row[1], row[2]), row[3], row[4], row[5])
+
+
+def _chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seq), _CHUNK):
+        yield seq[i:i + _CHUNK]
+
+
+def write_validity(path: Path, uidvalidity: int, uidnext: int) -> None:
+    atomic_write(path / VALIDITY_FILE, f"V{uidvalidity} N{uidnext}\n", mode=0o600)
+
+
+class Mailbox:
+    """A selected or examined mailbox. Thread-safe: all state is in the index and the files."""
+
+    def __init__(self, store: MailStore, mailbox_id: int, name: str, uidvalidity: int, path: Path) -> None:
+        self._store = store
+        self._ix = store.index
+        self.id = mailbox_id
+        self.name = name
+        self.uidvalidity = uidvalidity
+        self._uids: tuple[int, int, array] | None = None  # (HIGHESTMODSEQ, UIDNEXT, UIDs) of the last state()
+        self._set_path(path)
+
+    def _set_path(self, path: Path) -> None:
+        self.dir = path
+        self._d = str(path)
+        self.watch_dirs = [path / "new", path / "cur"]
+
+    def _row(self, db: sqlite3.Connection) -> tuple[int, int, int, int]:
+        """(uidnext, highestmodseq, messages, first_recent_uid), or NONEXISTENT if deleted meanwhile."""
+        row = db.execute("SELECT uidnext, highestmodseq, messages, first_recent_uid FROM mailboxes WHERE id = ?",
+                         (self.id,)).fetchone()
+        if row is None:
+            raise MailstoreError(f"mailbox {self.name} no longer exists", code="NONEXISTENT")
+        return row
+
+    # --- picking up deliveries ---------------------------------------------------------
+
+    def sync(self) -> bool:
+        """Index the files the relay put in new/ (new/ only is read); True if any were added."""
+        try:
+            names = [n for n in os.listdir(self._d + "/new") if not n.startswith(".")]
+        except FileNotFoundError:
+            raise MailstoreError(f"mailbox {self.name} no longer exists", code="NONEXISTENT") from None
+        if not names:
+            return False
+        found: list[tuple[float, str, str, str, int]] = []
+        for n in names:
+            p = f"{self._d}/new/{n}"
+            stem, info = split_name(n)
+            stem = without_uid(stem)  # a UID from elsewhere means nothing here
+            try:
+                mtime = os.stat(p).st_mtime
+                size = vsize_in(stem)
+                if size is None:  # not from our relay: read it once, here
+                    with open(p, "rb") as fh:
+                        size = crlf_size(fh.read())
+            except FileNotFoundError:
+                continue  # another session moved it meanwhile
+            found.append((mtime, n, stem, info, size))
+        found.sort()  # delivery order
+        renames: list[tuple[str, str]] = []
+        added = 0
+        with self._ix.write() as db:
+            uidnext, hms, _, _ = self._row(db)
+            modseq = hms + 1
+            rows = []
+            for mtime, n, stem, info, size in found:
+                done = db.execute("SELECT stem, flags FROM messages WHERE mailbox_id = ? AND stem >= ? AND stem < ?",
+                                  (self.id, stem + ",U=", stem + ",U>")).fetchone()
+                if done is not None:  # indexed by a sync that did not get to rename it
+                    renames.append((n, f"{done[0]}:2,{letters_of_bits(done[1])}"))
+                    continue
+                bits = bits_of_letters(info)
+                new_stem = f"{stem},U={uidnext}"
+                rows.append((self.id, uidnext, new_stem, bits, size, mtime, modseq))
+                renames.append((n, f"{new_stem}:2,{letters_of_bits(bits)}"))
+                uidnext += 1
+            if rows:
+                db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, size, internaldate, modseq) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
+                           "bytes = bytes + ? WHERE id = ?",
+                           (uidnext, modseq, len(rows), sum(r[4] for r in rows), self.id))
+                added = len(rows)
+        for old, new in renames:
+            with contextlib.suppress(FileNotFoundError):  # a concurrent sync renamed it first
+                os.rename(f"{self._d}/new/{old}", f"{self._d}/cur/{new}")
+        if renames:
+            fsync_dir(self._d + "/cur")
+        return added > 0
+
+    def rescan(self) -> None:
+        """Re-read cur/ and new/ entirely and make the index agree (external Maildir tools, repairs)."""
+        from appliance.mailstore.rebuild import rescan
+
+        rescan(self)
+        self.sync()
+
+    # --- reading -----------------------------------------------------------------------
+
+    def state(self) -> MailboxState:
+        """UIDNEXT, HIGHESTMODSEQ and every UID. O(changes) when this process asked before (warm SELECT)."""
+        with self._ix.read() as db:
+            uidnext, hms, count, _ = self._row(db)
+            cached = self._uids
+            if cached is not None and cached[0] == hms and cached[1] == uidnext:
+                uids = cached[2]
+            elif cached is not None and cached[0] < hms:
+                # Every removal is in `expunged` with its MODSEQ, and UIDs only grow: apply the difference.
+                gone = {r[0] for r in db.execute("SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?",
+                                                 (self.id, cached[0]))}
+                uids = array("L", [u for u in cached[2] if u not in gone]) if gone else array("L", cached[2])
+                uids.extend(chain.from_iterable(db.execute(
+                    "SELECT uid FROM messages WHERE mailbox_id = ? AND uid >= ? ORDER BY uid", (self.id, cached[1]))))
+            else:
+                uids = None
+            if uids is None or len(uids) != count:  # cold, or a repair changed the past: read them all
+                uids = array("L", chain.from_iterable(
+                    db.execute("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (self.id,))))
+        self._uids = (hms, uidnext, uids)
+        return MailboxState(uidnext, hms, count, array("L", uids))
+
+    def records(self, uids: Sequence[int]) -> list[Record]:
+        wanted = sorted(set(uids))
+        out: list[Record] = []
+        with self._ix.read() as db:
+            self._row(db)
+            for part in _chunks(wanted):
+                marks = ",".join("?" * len(part))
+                out.extend(map(_record, db.execute(
+                    f"SELECT {_COLS} FROM messages WHERE mailbox_id = ? AND uid IN ({marks})", (self.id, *part))))
+        out.sort()
+        return out
+
+    def records_range(self, ranges: list[tuple[int, int]]) -> list[Record]:
+        out: list[Record] = []
+        with self._ix.read() as db:
+            self._row(db)
+            for lo, hi in sorted(ranges):
+                out.extend(map(_record, db.execute(
+                    f"SELECT {_COLS} FROM messages WHERE mailbox_id = ? AND uid BETWEEN ? AND ? ORDER BY uid",
+                    (self.id, lo, hi))))
+        return out
+
+    def changes_since(self, modseq: int) -> tuple[list[Record], list[int]]:
+        """Records changed (or added) after MODSEQ, and UIDs expunged after it (RFC 7162 §3.2.5.2 VANISHED)."""
+        with self._ix.read() as db:
+            self._row(db)
+            changed = [_record(r) for r in db.execute(
+                f"SELECT {_COLS} FROM messages WHERE mailbox_id = ? AND modseq > ?", (self.id, modseq))]
+            gone = [r[0] for r in db.execute(
+                "SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ? ORDER BY uid", (self.id, modseq))]
+        changed.sort()
+        return changed, gone
+
+    def unseen_first(self) -> int | None:
+        with self._ix.read() as db:
+            self._row(db)
+            return db.execute("SELECT min(uid) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0",
+                              (self.id,)).fetchone()[0]
+
+    def keywords(self) -> list[str]:
+        with self._ix.read() as db:
+            return [r[0] for r in db.execute("SELECT keyword FROM keywords WHERE mailbox_id = ? ORDER BY keyword",
+                                             (self.id,))]
+
+    def _entry(self, uid: int) -> tuple[str, int, int]:
+        with self._ix.read() as db:
+            row = db.execute("SELECT stem, flags, size FROM messages WHERE mailbox_id = ? AND uid = ?",
+                             (self.id, uid)).fetchone()
+        if row is None:
+            raise MailstoreError(f"message {uid} no longer exists", code="EXPUNGEISSUED")
+        return row
+
+    def _locate(self, uid: int, stem: str, bits: int) -> str | None:
+        """The file of a message: where the index says, or where a crash or another tool left it."""
+        here = f"{self._d}/cur/{stem}:2,{letters_of_bits(bits)}"
+        if os.path.exists(here):
+            return here
+        base = stem.removesuffix(f",U={uid}")
+        for sub in ("tmp", "new"):  # committed, not yet renamed (see the module docstring)
+            p = f"{self._d}/{sub}/{base}"
+            if os.path.exists(p):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(p, here)
+                    return here
+        # Flags changed by another Maildir tool, or a concurrent STORE renamed it: one listing.
+        prefix = stem + ":2,"
+        for n in os.listdir(self._d + "/cur"):
+            if n.startswith(prefix) or n == stem:
+                return f"{self._d}/cur/{n}"
+        return None
+
+    def path(self, uid: int) -> Path:
+        stem, bits, _ = self._entry(uid)
+        p = self._locate(uid, stem, bits)
+        if p is None:
+            raise MailstoreError(f"message {uid} no longer exists", code="EXPUNGEISSUED")
+        return Path(p)
+
+    def size_of(self, uid: int) -> int:
+        return self._entry(uid)[2]
+
+    def read(self, uid: int) -> bytes:
+        """The message with CRLF line endings; MailstoreError(EXPUNGEISSUED) if it is gone."""
+        for _ in range(3):  # a concurrent STORE may rename the file between our lookup and open
+            stem, bits, _ = self._entry(uid)
+            p = self._locate(uid, stem, bits)
+            if p is None:
+                continue
+            try:
+                with open(p, "rb") as fh:
+                    return crlf(fh.read())
+            except FileNotFoundError:
+                continue
+        raise MailstoreError(f"message {uid} no longer exists", code="EXPUNGEISSUED")
+
+    # --- changing flags ----------------------------------------------------------------
+
+    def store(self, uids: Sequence[int], action: Literal["set", "add", "remove"], flags: Iterable[str],
+              unchangedsince: int | None = None) -> StoreResult:
+        """Change flags of UIDS in one transaction; O(k). Unknown UIDs are ignored (RFC 3501 §6.4.8)."""
+        try:
+            bits, kws = parse_flags(flags)
+        except ValueError as exc:
+            raise MailstoreError(str(exc)) from None
+        if action not in ("set", "add", "remove"):
+            raise ValueError(action)
+        wanted = sorted(set(uids))
+        changed: list[Record] = []
+        failed: list[int] = []
+        with self._ix.write() as db:
+            _, hms, _, _ = self._row(db)
+            modseq = hms + 1
+            updates = []
+            renames = []
+            used_kws: set[str] = set()
+            for part in _chunks(wanted):
+                marks = ",".join("?" * len(part))
+                for uid, old_bits, old_kw, size, idate, old_mod, stem in db.execute(
+                        f"SELECT {_COLS}, stem FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
+                        (self.id, *part)).fetchall():
+                    # RFC 7162 §3.1.3: a message modified since UNCHANGEDSINCE is not changed.
+                    if unchangedsince is not None and old_mod > unchangedsince:
+                        failed.append(uid)
+                        continue
+                    have = frozenset(old_kw.split())
+                    if action == "set":
+                        nb, nk = bits, kws
+                    elif action == "add":
+                        nb, nk = old_bits | bits, have | kws
+                    else:
+                        nb, nk = old_bits & ~bits, have - kws
+                    nk_s = join_keywords(nk)
+                    if nb == old_bits and nk_s == old_kw:
+                        continue
+                    used_kws |= nk - have
+                    if nb & FORWARDED and not old_bits & FORWARDED:
+                        used_kws.add("$Forwarded")
+                    updates.append((nb, nk_s, modseq, self.id, uid))
+                    if nb != old_bits:
+                        renames.append((uid, stem, old_bits, nb))
+                    changed.append(Record(uid, flag_tuple(nb, nk_s), size, idate, modseq))
+            if updates:
+                db.executemany("UPDATE messages SET flags = ?, keywords = ?, modseq = ? "
+                               "WHERE mailbox_id = ? AND uid = ?", updates)
+                db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, self.id))
+                self._define(db, used_kws)
+            # Under the index's write lock, so two sessions never race on one file name.
+            for uid, stem, old_bits, nb in renames:
+                self._rename_flags(uid, stem, old_bits, nb)
+        changed.sort()
+        return StoreResult(changed, sorted(failed))
+
+    def _rename_flags(self, uid: int, stem: str, old_bits: int, new_bits: int) -> None:
+        new = f"{self._d}/cur/{stem}:2,{letters_of_bits(new_bits)}"
+        try:
+            os.rename(f"{self._d}/cur/{stem}:2,{letters_of_bits(old_bits)}", new)
+        except FileNotFoundError:
+            old = self._locate(uid, stem, old_bits)
+            if old is not None and old != new:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(old, new)
+
+    def _define(self, db: sqlite3.Connection, kws: Iterable[str]) -> None:
+        """Remember keywords for FLAGS (RFC 3501 §7.2.6); kept after their last use, as Dovecot does."""
+        db.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, keyword) VALUES (?, ?)",
+                       [(self.id, k) for k in kws])
+
+    def claim_recent(self) -> list[int]:
+        """UIDs new since the last claim; RFC 3501 §2.3.2: only one session sees a message as \\Recent."""
+        with self._ix.write() as db:
+            uidnext, _, _, first = self._row(db)
+            if first >= uidnext:
+                return []
+            db.execute("UPDATE mailboxes SET first_recent_uid = ? WHERE id = ?", (uidnext, self.id))
+            return [r[0] for r in db.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND uid >= ? ORDER BY uid", (self.id, first))]
+
+    # --- adding ------------------------------------------------------------------------
+
+    def _commit_new(self, items: list[tuple[str, int, str, int, float]]) -> list[int]:
+        """Give UIDs to files waiting in tmp/ (base, flags, keywords, size, date) and commit them."""
+        with self._ix.write() as db:
+            uidnext, hms, _, _ = self._row(db)
+            modseq = hms + 1
+            rows, uids, kws = [], [], set()
+            for base, bits, kw, size, date in items:
+                rows.append((self.id, uidnext, f"{base},U={uidnext}", bits, kw, size, date, modseq))
+                uids.append(uidnext)
+                kws.update(kw.split())
+                if bits & FORWARDED:
+                    kws.add("$Forwarded")
+                uidnext += 1
+            db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, keywords, size, internaldate, modseq) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
+                       "bytes = bytes + ? WHERE id = ?", (uidnext, modseq, len(rows), sum(r[5] for r in rows), self.id))
+            self._define(db, kws)
+        for (base, bits, _, _, _), uid in zip(items, uids, strict=True):
+            with contextlib.suppress(FileNotFoundError):  # a reader's _locate moved it already
+                os.rename(f"{self._d}/tmp/{base}", f"{self._d}/cur/{base},U={uid}:2,{letters_of_bits(bits)}")
+        fsync_dir(self._d + "/cur")
+        return uids
+
+    def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
+        """Store DATA; its UID is returned only once the message is on disk (file and directory fsynced)."""
+        try:
+            bits, kws = parse_flags(flags)
+        except ValueError as exc:
+            raise MailstoreError(str(exc)) from None
+        size = crlf_size(data)
+        self._store.check_quota(size, 1)
+        base = f"{unique_name()},W={size}"
+        tmp = f"{self._d}/tmp/{base}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        date = time.time() if internaldate is None else internaldate
+        os.utime(tmp, (date, date))  # the internal date also survives an index rebuild
+        try:
+            return self._commit_new([(base, bits, join_keywords(kws), size, date)])[0]
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def copy_to(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """Hard-link UIDS into DEST (flags, keywords and internal date kept); (source, dest) UID pairs."""
+        with self._ix.read() as db:
+            self._row(db)
+            rows = []
+            for part in _chunks(sorted(set(uids))):
+                marks = ",".join("?" * len(part))
+                rows += db.execute(f"SELECT uid, stem, flags, keywords, size, internaldate FROM messages "
+                                   f"WHERE mailbox_id = ? AND uid IN ({marks}) ORDER BY uid",
+                                   (self.id, *part)).fetchall()
+        if not rows:
+            return []
+        dest._store.check_quota(sum(r[4] for r in rows), len(rows))
+        items, src_uids = [], []
+        try:
+            for uid, stem, bits, kw, size, date in rows:
+                src = self._locate(uid, stem, bits)
+                if src is None:
+                    continue  # expunged meanwhile: COPY copies what still exists
+                base = f"{unique_name()},W={size}"
+                try:
+                    os.link(src, f"{dest._d}/tmp/{base}")
+                except FileNotFoundError:
+                    continue
+                items.append((base, bits, kw, size, date))
+                src_uids.append(uid)
+            if not items:
+                return []
+            return list(zip(src_uids, dest._commit_new(items), strict=True))
+        except BaseException:
+            for base, *_ in items:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{dest._d}/tmp/{base}")
+            raise
+
+    def move_to(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """RFC 6851 MOVE: copy, then expunge the originals."""
+        pairs = self.copy_to(uids, dest)
+        self.expunge([s for s, _ in pairs])
+        return pairs
+
+    # --- removing ----------------------------------------------------------------------
+
+    def expunge(self, uids: Sequence[int] | None = None) -> list[int]:
+        """Remove UIDS (None: every \\Deleted message); the expunged UIDs, ascending."""
+        with self._ix.write() as db:
+            uidnext, hms, _, _ = self._row(db)
+            if uids is None:
+                rows = db.execute("SELECT uid, stem, flags, size FROM messages "
+                                  "WHERE mailbox_id = ? AND flags & 8 != 0 ORDER BY uid", (self.id,)).fetchall()
+            else:
+                rows = []
+                for part in _chunks(sorted(set(uids))):
+                    marks = ",".join("?" * len(part))
+                    rows += db.execute(f"SELECT uid, stem, flags, size FROM messages "
+                                       f"WHERE mailbox_id = ? AND uid IN ({marks})", (self.id, *part)).fetchall()
+                rows.sort()
+            if not rows:
+                return []
+            modseq = hms + 1
+            keys = [(self.id, r[0]) for r in rows]
+            db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", keys)
+            db.executemany("DELETE FROM cache WHERE mailbox_id = ? AND uid = ?", keys)
+            db.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                           [(self.id, r[0], modseq) for r in rows])
+            db.execute("UPDATE mailboxes SET highestmodseq = ?, messages = messages - ?, bytes = bytes - ? "
+                       "WHERE id = ?", (modseq, len(rows), sum(r[3] for r in rows), self.id))
+            top = db.execute("SELECT max(uid) FROM messages WHERE mailbox_id = ?", (self.id,)).fetchone()[0] or 0
+        if rows[-1][0] > top:
+            # The highest UIDs leave no file behind to recover UIDNEXT from: record it, so a
+            # rebuilt index never gives them out again (RFC 3501 §2.3.1.1).
+            write_validity(self.dir, self.uidvalidity, uidnext)
+        for uid, stem, bits, _ in rows:
+            p = self._locate(uid, stem, bits)
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+        return [r[0] for r in rows]
+
+    # --- the cache of parsed structure -------------------------------------------------
+
+    def cache_get(self, uid: int, key: str) -> bytes | None:
+        with self._ix.read() as db:
+            row = db.execute("SELECT value FROM cache WHERE mailbox_id = ? AND uid = ? AND key = ?",
+                             (self.id, uid, key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def cache_put(self, uid: int, key: str, value: bytes) -> None:
+        with self._ix.write() as db:
+            # Only for a message that still exists: an expunge deletes its cache rows.
+            db.execute("INSERT OR REPLACE INTO cache(mailbox_id, uid, key, value) "
+                       "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ? AND uid = ?)",
+                       (self.id, uid, key, value, self.id, uid))
+
+    def unseen_count(self) -> int:
+        with self._ix.read() as db:
+            return db.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0",
+                              (self.id,)).fetchone()[0]
+

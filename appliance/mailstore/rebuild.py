@@ -1,0 +1,238 @@
+"""Rebuilding the index from the Maildir: lost or corrupt index, boxes of the old store, repairs.
+
+What is recovered, and from where:
+
+* UIDs from the file names (``,U=<uid>``), or from the old ``appliance-uidlist``;
+* UIDVALIDITY and a UIDNEXT floor from ``appliance-uidvalidity`` (written at
+  CREATE and whenever an expunge removes the highest UIDs), or from the old
+  uidlist's header, so clients keep their caches;
+* standard flags from the info letters, keywords from the old uidlist only
+  (since then they live in the index alone: a lost index loses keywords);
+* sizes from ``,W=`` (or the old uidlist), else by reading the file once.
+
+MODSEQs restart above any value issued before (RFC 7162 §3.1.1: strictly
+increasing): the new HIGHESTMODSEQ is the time in microseconds. A store issues
+at most one MODSEQ per committed transaction, and a durable commit takes far
+more than a microsecond, so no mailbox can have issued that many since it was
+created at MODSEQ 1, or since the last rebuild started at an earlier time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance.mailstore.mailbox import VALIDITY_FILE, write_validity
+from appliance.mailstore.maildir import (
+    bits_of_letters,
+    crlf_size,
+    letters_of_bits,
+    split_name,
+    uid_in,
+    vsize_in,
+    without_uid,
+)
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from appliance.mailstore.mailbox import Mailbox
+
+OLD_UIDLIST = "appliance-uidlist"  # the previous store's list (appliance/mailstore/folder.py)
+OLD_KEYWORDS = "appliance-keywords"
+
+
+def rebuild_modseq() -> int:
+    return int(time.time() * 1_000_000)
+
+
+def new_uidvalidity(db: sqlite3.Connection) -> int:
+    """A UIDVALIDITY above every one this account used (RFC 3501 §2.3.1.1: a re-created name gets a greater one)."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()
+    v = max(int(time.time()), (int(row[0]) + 1) if row else 0)
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_uidvalidity', ?)", (v,))
+    return v
+
+
+def read_validity(path: Path) -> tuple[int | None, int]:
+    """(UIDVALIDITY or None, UIDNEXT floor) from the folder's small file."""
+    try:
+        text = (path / VALIDITY_FILE).read_text().split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None, 1
+    try:
+        if len(text) == 1 and text[0].isdigit():  # the old store wrote the bare number
+            return int(text[0]), 1
+        fields = {t[:1]: int(t[1:]) for t in text}
+        return fields.get("V"), fields.get("N", 1)
+    except ValueError:
+        return None, 1
+
+
+def read_old_uidlist(path: Path) -> tuple[int, int, dict[str, tuple[int, int, list[str]]]] | None:
+    """(uidvalidity, nextuid, {stem: (uid, size, keywords)}) from an old ``appliance-uidlist``."""
+    try:
+        lines = (path / OLD_UIDLIST).read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    header = lines[0].split() if lines else []
+    if not (len(header) == 3 and header[0] == "A1" and header[1][:1] == "V" and header[2][:1] == "N"):
+        return None
+    try:
+        v, n = int(header[1][1:]), int(header[2][1:])
+    except ValueError:
+        return None
+    known: dict[str, tuple[int, int, list[str]]] = {}
+    for line in lines[1:]:
+        parts = line.split(" ")
+        if len(parts) >= 3 and parts[0].isdigit() and parts[2].isdigit():
+            known[parts[1]] = (int(parts[0]), int(parts[2]), parts[3:])
+    return v, n, known
+
+
+def _size(path: str, stem: str) -> int | None:
+    size = vsize_in(stem)
+    if size is not None:
+        return size
+    try:
+        with open(path, "rb") as fh:
+            return crlf_size(fh.read())
+    except FileNotFoundError:
+        return None
+
+
+def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: str | None) -> None:
+    """Create NAME's row from the Maildir at PATH (files in cur/; new/ is left to ``sync``)."""
+    old = read_old_uidlist(path)
+    validity, floor = read_validity(path)
+    listed: dict[str, tuple[int, int, list[str]]] = {}
+    if old is not None:
+        validity, floor, listed = old[0], max(floor, old[1]), old[2]
+    fresh = validity is None
+    if validity is None:
+        validity = new_uidvalidity(db)
+    cur = f"{path}/cur"
+    taken: dict[int, tuple[str, int, str, int, float]] = {}
+    unnumbered: list[tuple[float, str, str, int]] = []
+    for n in os.listdir(cur):
+        if n.startswith("."):
+            continue
+        stem, info = split_name(n)
+        p = f"{cur}/{n}"
+        try:
+            mtime = os.stat(p).st_mtime
+        except FileNotFoundError:
+            continue
+        entry = listed.get(stem)
+        uid = entry[0] if entry else uid_in(stem)
+        size = entry[1] if entry else _size(p, stem)
+        if size is None:
+            continue
+        kws = " ".join(sorted(set(entry[2]))) if entry else ""
+        if uid is None or uid in taken:
+            unnumbered.append((mtime, n, stem, size))
+            continue
+        taken[uid] = (stem, bits_of_letters(info), kws, size, mtime)
+    uidnext = max(floor, max(taken, default=0) + 1)
+    renames: list[tuple[str, str]] = []
+    for mtime, n, stem, size in sorted(unnumbered):
+        new_stem = f"{without_uid(stem)},U={uidnext}"
+        bits = bits_of_letters(split_name(n)[1])
+        taken[uidnext] = (new_stem, bits, "", size, mtime)
+        renames.append((n, f"{new_stem}:2,{letters_of_bits(bits)}"))
+        uidnext += 1
+    modseq = 1 if fresh and not taken else rebuild_modseq()
+    cursor = db.execute("INSERT INTO mailboxes(name, uidvalidity, uidnext, highestmodseq, special_use, "
+                        "first_recent_uid, messages, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (name, validity, uidnext, modseq, special_use, uidnext, len(taken),
+                         sum(t[3] for t in taken.values())))
+    mid = cursor.lastrowid
+    db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, keywords, size, internaldate, modseq) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   [(mid, uid, *t, modseq) for uid, t in taken.items()])
+    kws = {k for t in taken.values() for k in t[2].split()}
+    with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
+        kws |= set((path / OLD_KEYWORDS).read_text().split())
+    db.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, keyword) VALUES (?, ?)", [(mid, k) for k in kws])
+    # Renamed before the commit: a crash leaves the files with their new UIDs and the index
+    # without them, which the next import reads the same way (the floor below still holds).
+    for old_name, new_name in renames:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{cur}/{old_name}", f"{cur}/{new_name}")
+    write_validity(path, validity, uidnext)
+
+
+def rescan(box: Mailbox) -> None:
+    """Make BOX's index rows agree with cur/: flags changed by other tools, files added or removed."""
+    ix, mid, d = box._ix, box.id, box._d
+    files: dict[str, str] = {}
+    for n in os.listdir(f"{d}/cur"):
+        if not n.startswith("."):
+            files.setdefault(split_name(n)[0], n)
+    renames: list[tuple[str, str]] = []
+    unlinks: list[str] = []
+    with ix.write() as db:
+        uidnext, hms, _, _ = box._row(db)
+        modseq = hms + 1
+        rows = {r[0]: (r[1], r[2]) for r in db.execute(
+            "SELECT stem, uid, flags FROM messages WHERE mailbox_id = ?", (mid,))}
+        known_uids = {uid for uid, _ in rows.values()}
+        flag_updates, inserts, gone = [], [], []
+        for stem, n in files.items():
+            bits = bits_of_letters(split_name(n)[1])
+            if stem in rows:
+                uid, old_bits = rows[stem]
+                if bits != old_bits:
+                    flag_updates.append((bits, modseq, mid, uid))
+                continue
+            uid = uid_in(stem)
+            if uid is not None and db.execute("SELECT 1 FROM expunged WHERE mailbox_id = ? AND uid = ?",
+                                              (mid, uid)).fetchone():
+                unlinks.append(n)  # expunged, but the unlink after the commit did not happen
+                continue
+            size = _size(f"{d}/cur/{n}", stem)
+            try:
+                mtime = os.stat(f"{d}/cur/{n}").st_mtime
+            except FileNotFoundError:
+                continue
+            if size is None:
+                continue
+            if uid is None or uid >= uidnext or uid in known_uids:
+                uid = uidnext
+                uidnext += 1
+                new_stem = f"{without_uid(stem)},U={uid}"
+                renames.append((n, f"{new_stem}:2,{letters_of_bits(bits)}"))
+                stem = new_stem
+            known_uids.add(uid)
+            inserts.append((mid, uid, stem, bits, size, mtime, modseq))
+        for stem, (uid, _) in rows.items():
+            if stem not in files and box._locate(uid, stem, 0) is None:
+                gone.append(uid)
+        if flag_updates:
+            db.executemany("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?", flag_updates)
+        if inserts:
+            db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, size, internaldate, modseq) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
+        if gone:
+            keys = [(mid, u) for u in gone]
+            sizes = sum(db.execute("SELECT size FROM messages WHERE mailbox_id = ? AND uid = ?", k).fetchone()[0]
+                        for k in keys)
+            db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", keys)
+            db.executemany("DELETE FROM cache WHERE mailbox_id = ? AND uid = ?", keys)
+            db.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                           [(mid, u, modseq) for u in gone])
+            db.execute("UPDATE mailboxes SET messages = messages - ?, bytes = bytes - ? WHERE id = ?",
+                       (len(gone), sizes, mid))
+        if flag_updates or inserts or gone:
+            db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
+                       "bytes = bytes + ? WHERE id = ?", (uidnext, modseq, len(inserts),
+                                                          sum(i[4] for i in inserts), mid))
+    for old_name, new_name in renames:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{d}/cur/{old_name}", f"{d}/cur/{new_name}")
+    for n in unlinks:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{d}/cur/{n}")

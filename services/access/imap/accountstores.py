@@ -1,0 +1,35 @@
+"""Opening the logged-in account's mail store (off the reactor), with its quota limits.
+
+``Backend.mailstore`` returns the process's shared store of the account
+(``appliance.mailstore.open_store``: a bounded LRU, one object per account root), so
+sessions of one customer share one index connection set and nothing is closed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.access.imap import storeio
+
+
+def _open(backend: Any, account: Any) -> Any:
+    store = backend.mailstore(account.address)
+    if not hasattr(store, "mailbox"):
+        # Backend.mailstore still builds the old appliance-uidlist store: open the new one.
+        from appliance.mailstore import maildir_path, open_store
+
+        cfg = backend.cfg
+        store = open_store(maildir_path(cfg.paths.mail_dir, account.address), cfg.access.special_folders,
+                           cfg.access.outbox)
+    if getattr(store, "quota", None) is None:
+        try:
+            from appliance.mailstore.quota import limits_for
+
+            store.quota = limits_for(account, backend.cfg.limits.classes)
+        except (ImportError, AttributeError):
+            pass  # no quota configuration: unlimited
+    return store
+
+
+async def acquire(backend: Any, account: Any) -> Any:
+    return await storeio.run(_open, backend, account)

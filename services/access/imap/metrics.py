@@ -1,0 +1,20 @@
+"""Prometheus metrics of the access service (issue 13 item 6), served on ``listeners.access_metrics``.
+
+Served like the relay's (``appliance.metrics.serve``: plain HTTP from a daemon thread, on
+loopback by default). POP3 counts its sessions here too (label protocol="pop3").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+SESSIONS = Gauge("access_sessions_open", "Connections currently open, by protocol", ["protocol"])
+CONNECTIONS = Counter("access_connections_total", "Connections accepted, by protocol", ["protocol"])
+# Refusals by the connection caps are counted by services.access.conncaps
+# (access_connections_refused_total{protocol, limit}).
+COMMANDS = Counter("access_imap_commands_total", "IMAP commands by name and result (OK, NO, BAD)",
+                   ["command", "result"])
+IDLE = Gauge("access_imap_idle_sessions", "IMAP sessions currently in IDLE")
+LOGINS = Counter("access_logins_total", "Logins by protocol and result (ok, failed, unavailable)",
+                 ["protocol", "result"])
+WATCHED = Gauge("access_imap_watched_mailboxes", "Mailboxes watched with inotify (selected by some session)")

@@ -1,0 +1,616 @@
+"""The POP3 session (RFC 1939) with CAPA and response codes (RFC 2449, 3206), SASL PLAIN (RFC 5034), STLS (RFC 2595).
+
+States (RFC 1939 §3): AUTHORIZATION until USER/PASS or AUTH succeeds and the
+maildrop is locked; TRANSACTION; UPDATE on QUIT (deletions happen only there).
+Login needs TLS (implicit on pop3s, or after STLS).
+
+Input is framed here and parsed by ``commands.parse``; commands are answered in
+order, one at a time (RFC 2449 §6.6 PIPELINING): while one waits for a worker
+thread (login, the maildrop, a message being streamed) the following ones stay
+buffered, and past ``MAX_INPUT`` buffered octets the transport stops reading.
+
+XTND XMIT (qpopper, Eudora) sends a message through the relay's internal socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter
+from twisted.internet import defer, interfaces, threads
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python import log
+from twisted.python.failure import Failure
+
+from appliance.accounts import Account
+from appliance.mailstore import MailStore, MailstoreError, maildir_path, open_store
+from appliance.submitclient import Reply
+from services.access.backend import Backend, LoginRefused, LoginUnavailable
+from services.access.conncaps import CapReached, Lease
+from services.access.imap import metrics
+from services.access.pop3.commands import (
+    MAX_COMMAND_LINE,
+    MAX_SASL_LINE,
+    Command,
+    Invalid,
+    SaslError,
+    decode_base64,
+    parse,
+    plain_credentials,
+)
+from services.access.pop3.maildrop import LOCKS, Maildrop, MaildropLocks, MessageReader
+from services.access.pop3.stream import Stream
+from services.access.pop3.transport import set_nodelay
+
+MAX_INPUT = 65536  # octets of pipelined input buffered before the transport is paused
+MAX_XMIT_LINE = 65536  # XTND XMIT message lines (RFC 5322 allows 998; mail in the wild is longer)
+LIST_BATCH = 1024  # LIST/UIDL lines written per piece
+# Unknown commands in a row before the connection is closed (Dovecot's limits: a client that
+# speaks another protocol, e.g. HTTP sent to port 110, is not answered line by line for long).
+MAX_BAD_BEFORE_LOGIN = 3
+MAX_BAD_LOGGED_IN = 21
+
+# Sessions, connections and logins are the access service's metrics (label protocol="pop3").
+COMMANDS = Counter("access_pop3_commands", "POP3 commands answered, by command and result (ok, err)",
+                   ["command", "result"])
+
+
+class POP3Server(Protocol, TimeoutMixin):
+    timeOut = 600  # RFC 1939 §3: an autologout timer of at least 10 minutes
+
+    def __init__(self, backend: Backend, tls_context: Any, implicit_tls: bool,
+                 locks: MaildropLocks = LOCKS) -> None:
+        self.backend = backend
+        self.ctx = tls_context
+        self.tls = implicit_tls
+        self.locks = locks
+        self.state = "authorization"
+        self._in = b""
+        self._discarding = False  # skipping the rest of a line that was too long
+        self._reading_paused = False
+        self._busy = False  # a command is waiting for a worker thread or a stream
+        self._closed = False
+        self._quit = False  # QUIT seen: nothing after it is read
+        self._verb = ""
+        self._answered = False
+        self._bad = 0  # unknown commands in a row
+        self._user: str | None = None
+        self._sasl_pending = False
+        self._ip_lease: Lease | None = None
+        self._user_lease: Lease | None = None
+        self._locked: str | None = None
+        self.account: Account | None = None
+        self.drop: Maildrop | None = None
+        self._deleted: set[int] = set()
+        self._retrieved: set[int] = set()
+        self._live = (0, 0)  # messages and octets not marked deleted (STAT)
+        self._stream: Stream | None = None
+        self._xmit: list[bytes] | None = None
+        self._xmit_size = 0
+        self._xmit_bad = ""
+
+    # --- connection ---------------------------------------------------------------------
+
+    @property
+    def client_ip(self) -> str:
+        return str(getattr(self.transport.getPeer(), "host", "unknown"))
+
+    def connectionMade(self) -> None:
+        set_nodelay(self.transport)
+        metrics.CONNECTIONS.labels("pop3").inc()
+        try:
+            self._ip_lease = self.backend.caps.open_ip(self.client_ip, "pop3")
+        except CapReached as exc:
+            # RFC 3206 §4 SYS/TEMP: a resource shortage that may go away; nothing is read from this client.
+            self.transport.write(b"-ERR [SYS/TEMP] " + exc.text.encode() + b"\r\n")
+            self._closed = True
+            self.transport.loseConnection()
+            return
+        metrics.SESSIONS.labels("pop3").inc()
+        self.setTimeout(self.timeOut)
+        self._line(b"+OK POP3 ready")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.setTimeout(None)
+        if not self._closed:
+            metrics.SESSIONS.labels("pop3").dec()
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Give back everything the session holds (idempotent). Without QUIT nothing is deleted (RFC 1939 §6)."""
+        for lease in (self._ip_lease, self._user_lease):
+            if lease is not None:
+                lease.release()
+        if self._locked is not None:
+            self.locks.release(self._locked)
+            self._locked = None
+        self.drop = None
+
+    def timeoutConnection(self) -> None:
+        self._line(b"-ERR Autologout; idle for too long")
+        self.transport.loseConnection()
+
+    # --- output ---------------------------------------------------------------------------
+
+    def _line(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data + b"\r\n")
+
+    def _status(self, ok: bool, text: str) -> None:
+        if not self._answered and self._verb:
+            COMMANDS.labels(self._verb, "ok" if ok else "err").inc()
+            self._answered = True
+        head = b"+OK" if ok else b"-ERR"
+        self._line(head + b" " + text.encode() if text else head)
+
+    def ok(self, text: str = "") -> None:
+        self._status(True, text)
+
+    def err(self, text: str) -> None:
+        self._status(False, text)
+
+    # --- input: framing and dispatch --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._in += data
+        self._process()
+
+    def _process(self) -> None:
+        while not self._busy and not self._closed and not self._quit:
+            line = self._next_line()
+            if line is None:
+                break
+            self.resetTimeout()
+            try:
+                self._dispatch(line)
+            except Exception:
+                log.err(None, "pop3: command failed")
+                self.err("[SYS/TEMP] Internal error")
+        self._flow()
+
+    def _flow(self) -> None:
+        """Pause reading while too much pipelined input is waiting; resume once it is worked off."""
+        if self._closed:
+            return
+        if len(self._in) > MAX_INPUT and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+        elif len(self._in) <= MAX_INPUT and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def _line_limit(self) -> int:
+        if self._xmit is not None:
+            return MAX_XMIT_LINE
+        return MAX_SASL_LINE if self._sasl_pending else MAX_COMMAND_LINE
+
+    def _next_line(self) -> bytes | None:
+        """The next complete line without its line end; TOO_LONG for one over the limit; None: need more."""
+        while True:
+            nl = self._in.find(b"\n")
+            if self._discarding:
+                if nl < 0:
+                    self._in = b""
+                    return None
+                self._in = self._in[nl + 1:]
+                self._discarding = False
+                continue
+            limit = self._line_limit()
+            if nl < 0:
+                if len(self._in) > limit:
+                    self._in, self._discarding = b"", True
+                    return TOO_LONG
+                return None
+            line, self._in = self._in[:nl], self._in[nl + 1:]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            return TOO_LONG if len(line) + 2 > limit else line
+
+    def _dispatch(self, line: bytes) -> None:
+        if self._xmit is not None:
+            self._xmit_line(line)
+            return
+        if self._sasl_pending:
+            self._sasl_pending = False
+            self._verb, self._answered = "AUTH", False
+            self._sasl_response(line)
+            return
+        cmd = Invalid(f"Command line too long (at most {MAX_COMMAND_LINE} octets, RFC 2449)") \
+            if line is TOO_LONG else parse(line)
+        if isinstance(cmd, Invalid):
+            self._verb, self._answered = "", False
+            if cmd.text.startswith(("Unknown command", "Command line too long")):
+                self._unknown(cmd.text)
+            else:
+                self.err(cmd.text)
+            return
+        self._verb, self._answered = cmd.verb, False
+        bad = self._bad
+        getattr(self, "do_" + cmd.verb)(cmd)
+        if self._bad == bad:
+            self._bad = 0
+
+    def _unknown(self, text: str) -> None:
+        """Answer an unknown command (or one not valid in this state); too many in a row end the session."""
+        self.err(text)
+        self._bad += 1
+        if self._bad >= (MAX_BAD_BEFORE_LOGIN if self.state == "authorization" else MAX_BAD_LOGGED_IN):
+            self._line(b"-ERR Too many invalid bad commands.")
+            self._quit = True
+            self.transport.loseConnection()
+
+    def _wait(self, d: defer.Deferred[Any]) -> None:
+        """Hold further commands until D has fired (its callbacks answer the client)."""
+        self._busy = True
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                log.err(result, "pop3: command failed")
+                self.err("[SYS/TEMP] Internal error")
+            self._busy = False
+            if not self._closed:
+                self._process()
+
+        d.addBoth(done)
+
+    # --- any state --------------------------------------------------------------------------
+
+    def _stls_available(self) -> bool:
+        return (not self.tls and self.state == "authorization" and self.ctx is not None
+                and interfaces.ITLSTransport(self.transport, None) is not None)
+
+    def do_CAPA(self, cmd: Command) -> None:
+        caps = [b"CAPA", b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
+        if self.state == "authorization":
+            if self._stls_available():
+                caps.append(b"STLS")
+            if self.tls:  # RFC 2595 §6: no plaintext passwords over an unprotected connection
+                caps += [b"USER", b"SASL PLAIN"]
+        caps.append(b"IMPLEMENTATION ISP-Mail-Appliance")
+        self.ok("Capability list follows")
+        self.transport.write(b"".join(c + b"\r\n" for c in caps) + b".\r\n")
+
+    def do_QUIT(self, cmd: Command) -> None:
+        self._quit = True
+        if self.state != "transaction" or self.drop is None:
+            self.ok("Logging out")
+            self.transport.loseConnection()
+            return
+        # RFC 1939 §6: QUIT from TRANSACTION enters UPDATE, which removes what was marked deleted.
+        self.state = "update"
+        drop = self.drop
+        d = threads.deferToThread(drop.update, set(self._deleted), set(self._retrieved))
+
+        def updated(left: list[int]) -> None:
+            if left:
+                self.err(f"[SYS/TEMP] Some deleted messages were not removed: {' '.join(map(str, left[:20]))}")
+            else:
+                self.ok("Logging out")
+
+        def failed(f: Failure) -> None:
+            log.err(f, "pop3: UPDATE failed")
+            self.err("[SYS/TEMP] Some deleted messages were not removed")
+
+        d.addCallbacks(updated, failed)
+        d.addBoth(lambda _: self.transport.loseConnection())
+        self._wait(d)
+
+    def do_NOOP(self, cmd: Command) -> None:
+        if self._need_transaction():
+            self.ok()
+
+    # --- AUTHORIZATION ---------------------------------------------------------------------
+
+    def do_STLS(self, cmd: Command) -> None:
+        if self.tls:
+            self.err("TLS is already active")
+            return
+        if not self._stls_available():
+            if self.state != "authorization":
+                self._unknown("Unknown command in this state")
+            else:
+                self.err("STLS not available")
+            return
+        self.ok("Begin TLS negotiation now")
+        # RFC 2595 §4: anything pipelined behind STLS arrived in plaintext: discard it.
+        self._in, self._discarding, self._user = b"", False, None
+        self.transport.startTLS(self.ctx)
+        self.tls = True
+
+    def _login_allowed(self) -> bool:
+        if self.state != "authorization":
+            self._unknown("Unknown command in this state")
+            return False
+        if not self.tls:
+            self.err("[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS")
+            return False
+        return True
+
+    def do_USER(self, cmd: Command) -> None:
+        if self._login_allowed():
+            self._user = cmd.args[0]
+            self.ok()
+
+    def do_PASS(self, cmd: Command) -> None:
+        if not self._login_allowed():
+            return
+        if not self._user:
+            self.err("No username given (USER first)")
+            return
+        user, self._user = self._user, None
+        self._login(user, cmd.args[0])
+
+    def do_AUTH(self, cmd: Command) -> None:
+        if not cmd.args:
+            # RFC 1734 clients ask for the mechanism list with a bare AUTH (Dovecot answers it too).
+            if self.state != "authorization":
+                self._unknown("Unknown command in this state")
+                return
+            self.ok()
+            self.transport.write((b"PLAIN\r\n" if self.tls else b"") + b".\r\n")
+            return
+        if not self._login_allowed():
+            return
+        if cmd.args[0].upper() != "PLAIN":
+            self.err("[AUTH] Unsupported authentication mechanism")
+            return
+        if len(cmd.args) == 2:
+            self._sasl_response(cmd.args[1].encode())
+            return
+        self._sasl_pending = True
+        self._line(b"+ ")  # RFC 5034 §4: an empty challenge
+
+    def _sasl_response(self, line: bytes) -> None:
+        if line is TOO_LONG:
+            self.err(f"SASL response too long (at most {MAX_SASL_LINE} octets)")
+            return
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":  # RFC 5034 §4: the client cancels; the server MUST reject the AUTH
+            self.err("Authentication aborted by client")
+            return
+        try:
+            login, password = plain_credentials(decode_base64(text))
+        except SaslError as exc:
+            self.err(str(exc))
+            return
+        self._login(login, password)
+
+    def _login(self, user: str, password: str) -> None:
+        d = self.backend.login(user, password, self.client_ip)
+        d.addCallbacks(self._authenticated, self._login_failed)
+        self._wait(d)
+
+    def _login_failed(self, f: Failure) -> None:
+        if f.check(LoginRefused):
+            metrics.LOGINS.labels("pop3", "failed").inc()
+            self.err("[AUTH] Authentication failed")
+        elif f.check(LoginUnavailable):
+            metrics.LOGINS.labels("pop3", "unavailable").inc()
+            self.err("[SYS/TEMP] " + f.value.reply.text)
+        else:
+            metrics.LOGINS.labels("pop3", "unavailable").inc()
+            log.err(f, "pop3: login failed")
+            self.err("[SYS/TEMP] Temporary authentication failure")
+
+    def _authenticated(self, account: Account) -> defer.Deferred[None] | None:
+        if self._closed:
+            return None
+        try:
+            lease = self.backend.caps.open_user(account, self.client_ip, "pop3")
+        except CapReached as exc:
+            self.err("[IN-USE] " + exc.text)
+            return None
+        # RFC 1939 §8: an exclusive lock on the maildrop for the whole TRANSACTION state.
+        if not self.locks.acquire(account.address):
+            lease.release()
+            self.err("[IN-USE] Mailbox is locked by another POP3 session")
+            return None
+        self._user_lease, self._locked = lease, account.address
+        d = threads.deferToThread(Maildrop.open, lambda: _account_store(self.backend, account.address))
+        d.addCallbacks(lambda drop: self._opened(account, drop), self._open_failed)
+        return d
+
+    def _opened(self, account: Account, drop: Maildrop) -> None:
+        if self._closed:  # the client went away meanwhile (and _release ran): nothing to keep
+            return
+        self.account, self.drop = account, drop
+        self._live = (len(drop), sum(drop.sizes))
+        if self._ip_lease is not None:  # logged in: no longer counted as an unauthenticated connection
+            self._ip_lease.release()
+        self.state = "transaction"
+        metrics.LOGINS.labels("pop3", "ok").inc()
+        self.ok(f"Logged in, {len(drop)} messages")
+
+    def _open_failed(self, f: Failure) -> None:
+        log.err(f, "pop3: cannot open the maildrop")
+        if self._user_lease is not None:
+            self._user_lease.release()
+            self._user_lease = None
+        if self._locked is not None:
+            self.locks.release(self._locked)
+            self._locked = None
+        self.err("[SYS/TEMP] Cannot open the mailbox")
+
+    # --- TRANSACTION -------------------------------------------------------------------------
+
+    def _need_transaction(self) -> bool:
+        if self.state != "transaction":
+            self._unknown("Unknown command in this state (log in first)")
+            return False
+        return True
+
+    def _message(self, n: int | None) -> bool:
+        """Whether N names a message of this session that is not marked deleted; answers -ERR if not."""
+        assert self.drop is not None and n is not None
+        if not 1 <= n <= len(self.drop):
+            self.err(f"There's no message {n}")
+            return False
+        if n in self._deleted:
+            self.err("Message is deleted")
+            return False
+        return True
+
+    def do_STAT(self, cmd: Command) -> None:
+        if self._need_transaction():
+            self.ok(f"{self._live[0]} {self._live[1]}")
+
+    def do_LIST(self, cmd: Command) -> None:
+        self._listing(cmd, lambda n: b"%d" % self.drop.sizes[n - 1])  # type: ignore[union-attr]
+
+    def do_UIDL(self, cmd: Command) -> None:
+        self._listing(cmd, lambda n: self.drop.unique_id(n))  # type: ignore[union-attr]
+
+    def _listing(self, cmd: Command, value: Any) -> None:
+        if not self._need_transaction():
+            return
+        drop = self.drop
+        assert drop is not None
+        if cmd.msg is not None:
+            if self._message(cmd.msg):
+                self.ok(f"{cmd.msg} {value(cmd.msg).decode()}")
+            return
+        self.ok(f"{self._live[0]} messages ({self._live[1]} octets)" if cmd.verb == "LIST" else "")
+        numbers = iter(range(1, len(drop) + 1))
+        deleted = self._deleted
+        finished = False
+
+        def piece() -> bytes | None:
+            nonlocal finished
+            if finished:
+                return None
+            out = []
+            for n in numbers:
+                if n not in deleted:
+                    out.append(b"%d %s\r\n" % (n, value(n)))
+                    if len(out) >= LIST_BATCH:
+                        return b"".join(out)
+            finished = True
+            return b"".join(out) + b".\r\n"
+
+        self._wait(self._stream_out(piece))
+
+    def _stream_out(self, source: Any) -> defer.Deferred[None]:
+        """Write SOURCE's pieces at the client's pace; further commands wait until it is all written."""
+        stream = Stream(self.transport, source, self.resetTimeout)
+        self._stream = stream
+
+        def ended(result: Any) -> Any:
+            self._stream = None
+            return result
+
+        return stream.start().addBoth(ended)
+
+    def do_RETR(self, cmd: Command) -> None:
+        self._send_message(cmd, None)
+
+    def do_TOP(self, cmd: Command) -> None:
+        self._send_message(cmd, cmd.lines)
+
+    def _send_message(self, cmd: Command, body_lines: int | None) -> None:
+        """RETR/TOP: open the file in a worker thread, then stream it in CHUNK pieces (never whole)."""
+        if not self._need_transaction() or not self._message(cmd.msg):
+            return
+        drop, n = self.drop, cmd.msg
+        assert drop is not None and n is not None
+        d = threads.deferToThread(drop.open_message, n, body_lines)
+
+        def opened(reader: MessageReader) -> defer.Deferred[None] | None:
+            if self._closed:
+                threads.deferToThread(reader.close)
+                return None
+            # RFC 1939 §7 RETR: "+OK" then the message; the size is the one LIST gave.
+            self.ok(f"{drop.sizes[n - 1]} octets" if body_lines is None else "")
+
+            def sent(result: Any) -> Any:
+                # After a lost connection a read may still be running: close() waits for it.
+                threads.deferToThread(reader.close).addErrback(log.err)
+                if body_lines is None and not self._closed:
+                    self._retrieved.add(n)  # gets \Seen in the UPDATE state
+                return result
+
+            return self._stream_out(lambda: threads.deferToThread(reader.next_chunk)).addBoth(sent)
+
+        def missing(f: Failure) -> None:
+            f.trap(MailstoreError)
+            self.err("Message was removed by another session")
+
+        d.addCallbacks(opened, missing)
+        self._wait(d)
+
+    def do_DELE(self, cmd: Command) -> None:
+        if self._need_transaction() and self._message(cmd.msg):
+            assert self.drop is not None and cmd.msg is not None
+            self._deleted.add(cmd.msg)
+            self._live = (self._live[0] - 1, self._live[1] - self.drop.sizes[cmd.msg - 1])
+            self.ok(f"Message {cmd.msg} marked to be deleted")
+
+    def do_RSET(self, cmd: Command) -> None:
+        if self._need_transaction():
+            assert self.drop is not None
+            self._deleted.clear()
+            self._live = (len(self.drop), sum(self.drop.sizes))
+            self.ok(f"Maildrop has {self._live[0]} messages ({self._live[1]} octets)")
+
+    # --- XTND XMIT: sending inside POP ----------------------------------------------------------
+
+    def do_XTND(self, cmd: Command) -> None:
+        if cmd.args[0].upper() != "XMIT":
+            self.err("Unknown XTND command")
+            return
+        if not self.tls:
+            self.err("[AUTH] Sending requires TLS")
+            return
+        if self.state != "transaction":
+            self.err("[AUTH] Log in first")
+            return
+        self._xmit, self._xmit_size, self._xmit_bad = [], 0, ""
+        self.ok("Start sending message.")
+
+    def _xmit_line(self, line: bytes) -> None:
+        assert self._xmit is not None
+        limit = self.backend.cfg.relay.max_message_size
+        if line is TOO_LONG:
+            self._xmit_bad = self._xmit_bad or f"Message line too long (at most {MAX_XMIT_LINE} octets)"
+            return
+        if line == b".":
+            lines, self._xmit = self._xmit, None
+            if self._xmit_bad or self._xmit_size > limit:
+                self.err(self._xmit_bad or f"Message exceeds the size limit of {limit} bytes")
+                return
+            assert self.account is not None
+            d = self.backend.send(self.account.address, self.client_ip, "POP3", b"".join(lines))
+            d.addCallback(self._xmit_done)
+            self._wait(d)
+            return
+        if line.startswith(b"."):  # RFC 1939 §3 byte-stuffing, undone
+            line = line[1:]
+        self._xmit_size += len(line) + 2
+        # Size-limited while reading: past the limit the rest is read and dropped, then refused.
+        if self._xmit_size <= limit:
+            self._xmit.append(line + b"\r\n")
+
+    def _xmit_done(self, reply: Reply) -> None:
+        if reply.ok:
+            self.ok("Message queued as " + reply.queue_id if reply.queue_id else "Message queued")
+        elif reply.temporary:
+            self.err("[SYS/TEMP] " + reply.text)
+        else:
+            self.err(reply.text)
+
+
+def _account_store(backend: Backend, address: str) -> MailStore:
+    """Blocking. The account's shared store (Backend.mailstore; the new store while that still builds the old one)."""
+    store = backend.mailstore(address)
+    if isinstance(store, MailStore):
+        return store
+    cfg = backend.cfg
+    return open_store(maildir_path(cfg.paths.mail_dir, address), cfg.access.special_folders, cfg.access.outbox)
+
+
+class _TooLong(bytes):
+    """The marker for a line over the limit (compared by identity)."""
+
+
+TOO_LONG = _TooLong(b"")

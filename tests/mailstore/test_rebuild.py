@@ -1,0 +1,138 @@
+"""UIDs and UIDVALIDITY survive a lost index, a corrupt index, and the move from the old store."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from appliance.mailstore import MailStore
+from appliance.mailstore.index import INDEX_FILE, REBUILDS
+from appliance.mailstore.store import Mailstore
+from tests.mailstore.conftest import SPECIALS, deliver
+
+MSG = b"Subject: r\n\nbody\n"
+
+
+def _fill(store: MailStore, root: Path) -> dict[str, object]:
+    inbox = store.mailbox("INBOX")
+    for _ in range(5):
+        deliver(root, MSG)
+    inbox.sync()
+    inbox.store([2], "add", ["\\Seen", "\\Flagged"])
+    inbox.store([3], "add", ["$Label1"])
+    inbox.expunge([5])  # the highest UID leaves no file behind
+    store.create("Work")
+    work = store.mailbox("Work")
+    work.append(MSG, ["\\Answered"])
+    return {"inbox": (inbox.uidvalidity, list(inbox.state().uids), inbox.state().uidnext, inbox.state().highestmodseq,
+                      [r.flags for r in inbox.records_range([(1, 10)]) if r.uid != 3]),
+            "work": (work.uidvalidity, list(work.state().uids))}
+
+
+def _snapshot(store: MailStore) -> dict[str, object]:
+    inbox, work = store.mailbox("INBOX"), store.mailbox("Work")
+    return {"inbox": (inbox.uidvalidity, list(inbox.state().uids), inbox.state().uidnext, None,
+                      [r.flags for r in inbox.records_range([(1, 10)]) if r.uid != 3]),
+            "work": (work.uidvalidity, list(work.state().uids))}
+
+
+def test_deleted_index_rebuilt_with_same_uids(store: MailStore, root: Path) -> None:
+    before = _fill(store, root)
+    hms = before["inbox"][3]
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
+    again = MailStore.open(root, SPECIALS, "Outbox")
+    after = _snapshot(again)
+    assert after["work"] == before["work"]
+    assert after["inbox"][:3] == before["inbox"][:3]  # UIDVALIDITY, UIDs and UIDNEXT (5 was expunged)
+    assert after["inbox"][4] == before["inbox"][4]  # standard flags come back from the file names
+    box = again.mailbox("INBOX")
+    assert box.state().highestmodseq > hms  # RFC 7162: MODSEQs never go back
+    assert box.append(MSG) == 6  # never 5 again
+    assert again.mailbox("Work").records([1])[0].flags == ("\\Answered",)
+    assert again.subscriptions() >= {"INBOX", "Sent"}
+    again.close()
+
+
+def test_corrupt_index_rebuilt_logged_counted(store: MailStore, root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    before = _fill(store, root)
+    store.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
+    (root / INDEX_FILE).write_bytes(os.urandom(8192))
+    count = REBUILDS.value
+    with caplog.at_level(logging.ERROR, "appliance.mailstore.index"):
+        again = MailStore.open(root, SPECIALS, "Outbox")
+    assert REBUILDS.value == count + 1
+    assert any("rebuilding" in r.message for r in caplog.records)
+    assert any(n.startswith(INDEX_FILE + ".corrupt-") for n in os.listdir(root))  # kept for a post-mortem
+    after = _snapshot(again)
+    assert after["inbox"][:3] == before["inbox"][:3] and after["work"] == before["work"]
+    again.close()
+
+
+def test_old_uidlist_store_migrated_once(root: Path) -> None:
+    old = Mailstore(root, list(SPECIALS), "Outbox")
+    old.ensure()
+    folder = old.folder("INBOX")
+    assert folder is not None
+    for _ in range(3):
+        deliver(root, MSG)
+    folder.sync(force=True)
+    folder.set_flags(2, ["\\Seen", "$Label1", "todo"])
+    folder.expunge([3])
+    u = folder.add(b"Subject: appended\r\n\r\nx\r\n", ["custom"])
+    old.subscribe("Junk", False)
+    validity, uids = folder.uidvalidity, folder.uids()
+    folder.close()
+
+    new = MailStore.open(root, SPECIALS, "Outbox")
+    box = new.mailbox("INBOX")
+    assert box.uidvalidity == validity
+    assert list(box.state().uids) == uids == [1, 2, u]
+    assert set(box.records([2])[0].flags) == {"\\Seen", "$Label1", "todo"}
+    assert box.records([u])[0].flags == ("custom",)
+    assert {"$Label1", "todo", "custom"} <= set(box.keywords())
+    assert "Junk" not in new.subscriptions() and "Sent" in new.subscriptions()
+    assert box.append(MSG) == u + 1
+    box.store([1], "add", ["later"])
+    new.close()
+    # Once: the old list is not read again (a change made since survives a reopen).
+    again = MailStore.open(root, SPECIALS, "Outbox")
+    assert again.mailbox("INBOX").records([1])[0].flags == ("later",)
+    again.close()
+
+
+def test_folder_made_by_another_tool_is_imported(store: MailStore, root: Path) -> None:
+    d = root / ".Imported"
+    for sub in ("cur", "new", "tmp"):
+        (d / sub).mkdir(parents=True)
+    (d / "cur" / "1700000000.x.host:2,S").write_bytes(MSG)
+    store.close()
+    again = MailStore.open(root)
+    box = again.mailbox("Imported")
+    assert box.records_range([(1, 5)])[0].flags == ("\\Seen",)
+    assert box.read(1) == MSG.replace(b"\n", b"\r\n")
+    again.close()
+
+
+def test_file_committed_but_not_renamed_is_found(store: MailStore, root: Path) -> None:
+    """A crash between the index commit and the rename into cur/ loses nothing."""
+    box = store.mailbox("INBOX")
+    uid = box.append(MSG)
+    p = box.path(uid)
+    base = p.name.split(",U=")[0]
+    os.rename(p, root / "tmp" / base)  # where append() had the file just before its rename
+    assert box.read(uid) == MSG.replace(b"\n", b"\r\n")
+    assert box.path(uid) == p
+    name = deliver(root, MSG)
+    box.sync()
+    cur_name = next(n for n in os.listdir(root / "cur") if n.startswith(name))
+    os.rename(root / "cur" / cur_name, root / "new" / name)  # sync committed, did not rename
+    assert box.sync() is False  # not indexed twice
+    assert list(box.state().uids) == [uid, uid + 1]
+    assert box.read(uid + 1) == MSG.replace(b"\n", b"\r\n")

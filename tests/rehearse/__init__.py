@@ -1,0 +1,1 @@
+"""The Debian peer catalogue (scripts/peercheck.py) and the clean-install rehearsal."""
