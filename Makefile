@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 DEBIAN_TEST_PEERS := $(shell $(PYTHON) scripts/peercheck.py --packages 2>/dev/null)
 DEBIAN_RUNTIME := python3-venv
 
-.PHONY: install deps-debian doctor-peers rehearse test up down lint docs image consortium clean
+.PHONY: install deps-debian doctor-peers rehearse bench-imap test up down lint docs image consortium clean
 
 install: $(BIN)/.installed
 
@@ -65,6 +65,12 @@ down: install
 # build/appliance.qcow2 and build/appliance.box: the states applied to a fresh tree (docs/image.md). Root.
 image: install deps-debian
 	bash image-build/build.sh
+
+# IMAP at real size against a private Dovecot (bench/imap/scale.py; about 20 min at 100,000 messages
+# on a quiet machine). Smoke run: make bench-imap BENCH_IMAP_ARGS="--messages 2000"
+BENCH_IMAP_ARGS ?=
+bench-imap: install
+	$(BIN)/python -m bench.imap.scale $(BENCH_IMAP_ARGS)
 
 consortium: install deps-debian
 	$(BIN)/pytest -m consortium $(PYTEST_ARGS)

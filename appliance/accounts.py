@@ -117,9 +117,12 @@ class AccountStore:
     its first call; ``close`` closes all of them.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout: float = BUSY_TIMEOUT) -> None:
+        """BUSY_TIMEOUT: how long a call waits for SQLite's lock. The relay's event-loop store (reads
+        only; in WAL mode they rarely wait at all) passes a short one, so a stall is bounded."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -133,7 +136,8 @@ class AccountStore:
         if conn is None:
             # check_same_thread=False only so that ``close`` (any thread) can close every
             # connection; each connection is used by the one thread that opened it.
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=FULL")

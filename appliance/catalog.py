@@ -33,7 +33,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "access",
         "services.access",
-        ("imap", "imaps", "pop3", "pop3s"),
+        ("imap", "imaps", "pop3", "pop3s", "access_metrics"),
         built=True,
         description="IMAP/POP that can also send (Twisted)",
     ),

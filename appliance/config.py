@@ -171,6 +171,10 @@ class ListenersConfig(_Model):
         default_factory=lambda: Listener(host="127.0.0.1", port=9125, tls="none"),
         description="Prometheus metrics of the relay (plain HTTP; keep it on loopback).",
     )
+    access_metrics: Listener = Field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=9126, tls="none"),
+        description="Prometheus metrics of the access service, IMAP and POP (plain HTTP; keep it on loopback).",
+    )
 
 
 class UpstreamConfig(_Model):
@@ -281,6 +285,10 @@ class AccessConfig(_Model):
     """The IMAP/POP service."""
 
     outbox: str = Field("Outbox", description="Folder whose APPENDed or COPYed messages are sent.")
+    append_limit: int = Field(
+        0, ge=0, description="Largest message IMAP APPEND accepts, in bytes, advertised as APPENDLIMIT (RFC 7889); "
+        "0 means `relay.max_message_size`.",
+    )
     special_folders: list[str] = Field(
         default_factory=lambda: ["Sent", "Drafts", "Trash", "Junk"], description="Folders created with every account."
     )

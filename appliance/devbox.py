@@ -17,7 +17,7 @@ import tomli_w
 from appliance import config as config_mod
 from appliance.tlsfiles import make_dkim_key, make_self_signed
 
-LISTENER_ORDER = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "metrics")
+LISTENER_ORDER = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "metrics", "access_metrics")
 LISTENER_TLS = {
     "mx": "starttls",
     "submission": "starttls",
@@ -27,6 +27,7 @@ LISTENER_TLS = {
     "pop3": "starttls",
     "pop3s": "implicit",
     "metrics": "none",
+    "access_metrics": "none",
 }
 
 
@@ -113,7 +114,7 @@ def init_dev(
         "tls": {"cert": str(cert), "key": str(key), "source": "self-signed"},
         "dkim": {"selector": "mail", "key": str(dkim_key)},
         "listeners": {
-            name: {"host": "127.0.0.1" if name == "metrics" else host, "port": port, "tls": LISTENER_TLS[name]}
+            name: {"host": "127.0.0.1" if name in ("metrics", "access_metrics") else host, "port": port, "tls": LISTENER_TLS[name]}
             for name, port in ports.items()
         },
         "relay": {"ca_file": str(cert)},

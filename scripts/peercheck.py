@@ -111,7 +111,8 @@ PEERS: list[Peer] = [
       "-device", "virtio-net-pci,netdev=n0", "-boot", "order=c,strict=on,reboot-timeout=0", "-no-reboot"],
       r"", "qemu-system-x86_64 -accel tcg"),
     P("ssh", "openssh-client", "ssh -V", r"OpenSSH_9", "ssh", rc=None),
-    P("ssh-keygen", "openssh-client", "ssh-keygen -l -f /dev/null", r"", "ssh-keygen", rc=None),
+    P("ssh-keygen", "openssh-client", "ssh-keygen -l -f /dev/null", r"not a public key file", "ssh-keygen -l",
+      rc=None),
     # Vagrant (the README's demo; the tests run `vagrant validate` with the libvirt provider)
     P("vagrant", "vagrant", "vagrant --version", r"Vagrant 2\.", "vagrant"),
     P("vagrant", "vagrant-libvirt", "vagrant plugin list", r"vagrant-libvirt", "libvirt provider"),

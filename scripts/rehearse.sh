@@ -7,7 +7,8 @@
 #   source    `git archive HEAD` of this checkout into /root/appliance (REHEARSE_SOURCE=worktree:
 #             the tracked and untracked, not ignored, files of the work tree instead)
 #   bootstrap the README's set-up line (apt-get install git make python3), read from README.md
-#   deps      `make deps-debian install` as the README says: every Debian peer, then the venv (PyPI)
+#   deps      `make deps-debian`: every Debian peer of scripts/peercheck.py (the Debian mirror)
+#   venv      `make install`: the venv with the pinned Python dependencies (PyPI)
 #   peers     `make doctor-peers`: every peer's capability, one line per gap naming its package
 #
 # Each stage prints its time; the end prints what apt and pip downloaded. Logs: build/rehearse/.
@@ -203,10 +204,13 @@ BOOTSTRAP=$(sed -n 's/^\(sudo \)\{0,1\}\(apt-get update && apt-get install [^#]*
 stage bootstrap "README set-up: $BOOTSTRAP"
 in_tree /bin/sh -c "$BOOTSTRAP" >"$LOGS/bootstrap.log" 2>&1 || { tail -20 "$LOGS/bootstrap.log" >&2; exit 1; }
 
-# --- deps ---------------------------------------------------------------------------------------
-stage deps "make deps-debian install${DROP:+ (PEERCHECK_DROP=$DROP)}"
-in_tree /bin/sh -c 'cd /root/appliance && make deps-debian install' >"$LOGS/deps.log" 2>&1 \
+# --- deps, venv: `make deps-debian install`, one stage per target to time apt and pip apart -----
+stage deps "make deps-debian${DROP:+ (PEERCHECK_DROP=$DROP)}"
+in_tree /bin/sh -c 'cd /root/appliance && make deps-debian' >"$LOGS/deps.log" 2>&1 \
   || { tail -30 "$LOGS/deps.log" >&2; exit 1; }
+stage venv "make install (the venv, from PyPI)"
+in_tree /bin/sh -c 'cd /root/appliance && make install' >"$LOGS/venv.log" 2>&1 \
+  || { tail -30 "$LOGS/venv.log" >&2; exit 1; }
 
 # --- peers --------------------------------------------------------------------------------------
 stage peers "make doctor-peers inside the tree"
@@ -228,8 +232,9 @@ in_tree /bin/sh -c 'cd /root/appliance && .venv/bin/pip download -q -d /tmp/pip-
   >"$LOGS/measure.log" 2>&1 || true
 pip_mb=$( (du -sm "$TREE/tmp/pip-measure" 2>/dev/null || echo "?") | cut -f1)
 tree_mb=$(du -sm --one-file-system "$TREE" | cut -f1)
-echo "rehearse: stages: ${TIMES[*]}; total $(( $(date +%s) - T0 ))s"
-echo "rehearse: downloaded: apt ${apt_mb} MB (\"Need to get\"), pip ${pip_mb} MB (PyPI); tree ${tree_mb} MB"
+{ echo "rehearse: stages: ${TIMES[*]}; total $(( $(date +%s) - T0 ))s"
+  echo "rehearse: downloaded: apt ${apt_mb} MB (\"Need to get\"), pip ${pip_mb} MB (PyPI); tree ${tree_mb} MB"
+} | tee "$LOGS/summary.txt"
 if [ $peers_rc -ne 0 ]; then
   echo "rehearse: FAILED: the peer check inside the fresh tree found gaps (above)" >&2
   STAGE=""

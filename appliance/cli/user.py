@@ -14,11 +14,12 @@ import sys
 from collections.abc import Callable
 
 from appliance.accounts import Account, AccountError, AccountStore, LimitOverride
-from appliance.addresses import AddressError, domain_of
+from appliance.addresses import AddressError, domain_of, normalize_address
 from appliance.cli import CommandError, config_from
 from appliance.config import Config
 from appliance.mailstore import account_maildir, check_name, maildir_path
 from appliance.mailstore.names import dir_name
+from appliance.mailstore.paths import overlapping
 from appliance.mailstore.quota import QuotaLimits, format_size, limits_for, parse_size, usage
 
 
@@ -121,6 +122,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     if domain_of(args.address) not in cfg.box.domains:
         raise CommandError(f"{args.address}: domain is not one of this box's domains ({', '.join(cfg.box.domains)})")
     _check_limit_class(cfg, args.limit_class)
+    new = normalize_address(args.address)
+    clash = overlapping(cfg.paths.mail_dir, [*(a.address for a in store.list() if a.address != new), new])
+    if clash:  # defence in depth: maildir_path's escaping makes this impossible (issue 21)
+        raise CommandError(f"{args.address}: its Maildir would overlap that of {clash[0]}")
     pw = secrets.token_urlsafe(12) if args.generate else _read_password(args)
     acct = store.add(args.address, pw, args.limit_class)
     _make_maildir(cfg, acct.address)

@@ -34,11 +34,11 @@ from typing import Any
 from appliance.accounts import AccountStore
 from appliance.delivery.maildir import ensure_maildir, unique_name
 from appliance.delivery.outcome import Outcome, deferred, failed
+from appliance.fsutil import fsync_dir
 from appliance.mailstore import account_maildir
 from appliance.mailstore import quota as mquota
 from appliance.mailstore.maildir import crlf_size
 from appliance.spool.format import SpooledMessage
-from appliance.spool.spool import fsync_dir
 
 log = logging.getLogger("appliance.delivery.local")
 FSYNC_THREADS = 8

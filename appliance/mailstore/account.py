@@ -248,11 +248,10 @@ class MailStore:
         box.sync()  # STATUS shows what the relay delivered meanwhile
         with self.index.read() as db:
             uidnext, hms, count, first_recent = box._row(db)
-            q = "SELECT count(*) FROM messages WHERE mailbox_id = ? AND "
-            unseen = db.execute(q + "flags & 1 = 0", (box.id,)).fetchone()[0]
-            deleted = db.execute(q + "flags & 8 != 0", (box.id,)).fetchone()[0]
-            recent = db.execute(q + "uid >= ?", (box.id, first_recent)).fetchone()[0]
-            size = db.execute("SELECT bytes FROM mailboxes WHERE id = ?", (box.id,)).fetchone()[0]
+            unseen, deleted, size = db.execute("SELECT unseen, deleted, bytes FROM mailboxes WHERE id = ?",
+                                               (box.id,)).fetchone()
+            recent = db.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND uid >= ?",
+                                (box.id, first_recent)).fetchone()[0]
         return MailboxStatus(count, recent, uidnext, box.uidvalidity, unseen, deleted, size, hms)
 
     # --- quota -----------------------------------------------------------------------

@@ -28,10 +28,14 @@ def open_store(root: str | Path, special_folders: Iterable[str] = (), outbox: st
     key = Path(root).resolve()
     with _lock:
         store = _open.get(key)
-        if store is not None:
+        if store is not None and not store.index.broken:
             _open.move_to_end(key)
-            store.quota = quota
+            if quota is not None:  # callers without an opinion do not lift the account's quota
+                store.quota = quota
             return store
+        if store is not None:  # found corrupt while in use: reopen, which rebuilds it
+            del _open[key]
+            store.close()
     # Opening (and possibly rebuilding) runs outside the LRU lock: other accounts need not wait.
     store = MailStore.open(key, special_folders, outbox, quota)
     evicted: list[MailStore] = []

@@ -21,10 +21,12 @@ is found at its old place by ``_locate`` and moved on.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -32,7 +34,9 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from appliance.fsutil import atomic_write, fsync_dir
 from appliance.mailstore.errors import MailstoreError
 from appliance.mailstore.maildir import (
+    DELETED,
     FORWARDED,
+    SEEN,
     bits_of_letters,
     crlf,
     crlf_size,
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
 
     from appliance.mailstore.account import MailStore
 
+log = logging.getLogger("appliance.mailstore")
 VALIDITY_FILE = "appliance-uidvalidity"  # "V<uidvalidity> N<uidnext floor>": survives a lost index
 _CHUNK = 500  # SQLite's variable limit is 32766; smaller chunks keep statements cheap to prepare
 
@@ -85,6 +90,34 @@ def _record(row: tuple[int, int, str, int, float, int]) -> Record:
 def _chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
     for i in range(0, len(seq), _CHUNK):
         yield seq[i:i + _CHUNK]
+
+
+def adjust_counts(db: sqlite3.Connection, mailbox_id: int, added: Iterable[int], removed: Iterable[int]) -> None:
+    """Keep the mailbox's unseen/deleted counters right: ADDED and REMOVED are flag bitmasks of rows
+    (or of a row's flags before and after a change)."""
+    unseen = deleted = 0
+    for bits in added:
+        unseen += not bits & SEEN
+        deleted += bool(bits & DELETED)
+    for bits in removed:
+        unseen -= not bits & SEEN
+        deleted -= bool(bits & DELETED)
+    if unseen or deleted:
+        db.execute("UPDATE mailboxes SET unseen = unseen + ?, deleted = deleted + ? WHERE id = ?",
+                   (unseen, deleted, mailbox_id))
+
+
+@contextlib.contextmanager
+def _disk_errors(name: str) -> Iterator[None]:
+    """File system errors as store errors a client can be shown (no traceback, nothing half-written)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise  # the caller knows what was missing
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise MailstoreError("not enough disk space", code="OVERQUOTA") from exc  # as Dovecot answers
+        raise MailstoreError(f"cannot write to mailbox {name}: {exc.strerror}", code="SERVERBUG") from exc
 
 
 def write_validity(path: Path, uidvalidity: int, uidnext: int) -> None:
@@ -164,6 +197,7 @@ class Mailbox:
                 db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
                            "bytes = bytes + ? WHERE id = ?",
                            (uidnext, modseq, len(rows), sum(r[4] for r in rows), self.id))
+                adjust_counts(db, self.id, [r[3] for r in rows], ())
                 added = len(rows)
         for old, new in renames:
             with contextlib.suppress(FileNotFoundError):  # a concurrent sync renamed it first
@@ -181,8 +215,13 @@ class Mailbox:
 
     # --- reading -----------------------------------------------------------------------
 
-    def state(self) -> MailboxState:
-        """UIDNEXT, HIGHESTMODSEQ and every UID. O(changes) when this process asked before (warm SELECT)."""
+    def state(self, shared: bool = False) -> MailboxState:
+        """UIDNEXT, HIGHESTMODSEQ and every UID. O(changes) when this process asked before (warm SELECT).
+
+        SHARED: ``uids`` is this process's cached snapshot itself (an ``array('I')``, never changed
+        once made), not a copy: sessions with one mailbox selected share it until one of them
+        needs its own (copy on write), so memory does not grow with sessions x messages.
+        """
         with self._ix.read() as db:
             uidnext, hms, count, _ = self._row(db)
             cached = self._uids
@@ -192,16 +231,16 @@ class Mailbox:
                 # Every removal is in `expunged` with its MODSEQ, and UIDs only grow: apply the difference.
                 gone = {r[0] for r in db.execute("SELECT uid FROM expunged WHERE mailbox_id = ? AND modseq > ?",
                                                  (self.id, cached[0]))}
-                uids = array("L", [u for u in cached[2] if u not in gone]) if gone else array("L", cached[2])
+                uids = array("I", [u for u in cached[2] if u not in gone]) if gone else array("I", cached[2])
                 uids.extend(chain.from_iterable(db.execute(
                     "SELECT uid FROM messages WHERE mailbox_id = ? AND uid >= ? ORDER BY uid", (self.id, cached[1]))))
             else:
                 uids = None
             if uids is None or len(uids) != count:  # cold, or a repair changed the past: read them all
-                uids = array("L", chain.from_iterable(
+                uids = array("I", chain.from_iterable(
                     db.execute("SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", (self.id,))))
-        self._uids = (hms, uidnext, uids)
-        return MailboxState(uidnext, hms, count, array("L", uids))
+        self._uids = (hms, uidnext, uids)  # 4 bytes a UID (RFC 9051 §2.3.1.1: 32-bit)
+        return MailboxState(uidnext, hms, count, uids if shared else array("L", uids))
 
     def records(self, uids: Sequence[int]) -> list[Record]:
         wanted = sorted(set(uids))
@@ -317,6 +356,8 @@ class Mailbox:
             modseq = hms + 1
             updates = []
             renames = []
+            before: list[int] = []
+            after: list[int] = []
             used_kws: set[str] = set()
             for part in _chunks(wanted):
                 marks = ",".join("?" * len(part))
@@ -343,11 +384,14 @@ class Mailbox:
                     updates.append((nb, nk_s, modseq, self.id, uid))
                     if nb != old_bits:
                         renames.append((uid, stem, old_bits, nb))
+                        before.append(old_bits)
+                        after.append(nb)
                     changed.append(Record(uid, flag_tuple(nb, nk_s), size, idate, modseq))
             if updates:
                 db.executemany("UPDATE messages SET flags = ?, keywords = ?, modseq = ? "
                                "WHERE mailbox_id = ? AND uid = ?", updates)
                 db.execute("UPDATE mailboxes SET highestmodseq = ? WHERE id = ?", (modseq, self.id))
+                adjust_counts(db, self.id, after, before)
                 self._define(db, used_kws)
             # Under the index's write lock, so two sessions never race on one file name.
             for uid, stem, old_bits, nb in renames:
@@ -399,6 +443,7 @@ class Mailbox:
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
                        "bytes = bytes + ? WHERE id = ?", (uidnext, modseq, len(rows), sum(r[5] for r in rows), self.id))
+            adjust_counts(db, self.id, [r[3] for r in rows], ())
             self._define(db, kws)
         for (base, bits, _, _, _), uid in zip(items, uids, strict=True):
             with contextlib.suppress(FileNotFoundError):  # a reader's _locate moved it already
@@ -416,20 +461,21 @@ class Mailbox:
         self._store.check_quota(size, 1)
         base = f"{unique_name()},W={size}"
         tmp = f"{self._d}/tmp/{base}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
         date = time.time() if internaldate is None else internaldate
-        os.utime(tmp, (date, date))  # the internal date also survives an index rebuild
         try:
+            with _disk_errors(self.name):
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileNotFoundError:
+                    raise MailstoreError(f"mailbox {self.name} no longer exists", code="NONEXISTENT") from None
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.utime(tmp, (date, date))  # the internal date also survives an index rebuild
             return self._commit_new([(base, bits, join_keywords(kws), size, date)])[0]
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -449,6 +495,8 @@ class Mailbox:
         if not rows:
             return []
         dest._store.check_quota(sum(r[4] for r in rows), len(rows))
+        if not os.path.isdir(dest._d + "/tmp"):
+            raise MailstoreError(f"mailbox {dest.name} does not exist", code="TRYCREATE")  # RFC 3501 §6.4.7
         items, src_uids = [], []
         try:
             for uid, stem, bits, kw, size, date in rows:
@@ -457,9 +505,10 @@ class Mailbox:
                     continue  # expunged meanwhile: COPY copies what still exists
                 base = f"{unique_name()},W={size}"
                 try:
-                    os.link(src, f"{dest._d}/tmp/{base}")
+                    with _disk_errors(dest.name):
+                        os.link(src, f"{dest._d}/tmp/{base}")
                 except FileNotFoundError:
-                    continue
+                    continue  # the source went meanwhile
                 items.append((base, bits, kw, size, date))
                 src_uids.append(uid)
             if not items:
@@ -503,11 +552,15 @@ class Mailbox:
                            [(self.id, r[0], modseq) for r in rows])
             db.execute("UPDATE mailboxes SET highestmodseq = ?, messages = messages - ?, bytes = bytes - ? "
                        "WHERE id = ?", (modseq, len(rows), sum(r[3] for r in rows), self.id))
+            adjust_counts(db, self.id, (), [r[2] for r in rows])
             top = db.execute("SELECT max(uid) FROM messages WHERE mailbox_id = ?", (self.id,)).fetchone()[0] or 0
         if rows[-1][0] > top:
             # The highest UIDs leave no file behind to recover UIDNEXT from: record it, so a
             # rebuilt index never gives them out again (RFC 3501 §2.3.1.1).
-            write_validity(self.dir, self.uidvalidity, uidnext)
+            try:
+                write_validity(self.dir, self.uidvalidity, uidnext)
+            except OSError as exc:  # the expunge stands; only a later index rebuild would miss the floor
+                log.warning("%s: could not record UIDNEXT %d: %s", self.dir, uidnext, exc)
         for uid, stem, bits, _ in rows:
             p = self._locate(uid, stem, bits)
             if p is not None:
@@ -532,6 +585,24 @@ class Mailbox:
 
     def unseen_count(self) -> int:
         with self._ix.read() as db:
-            return db.execute("SELECT count(*) FROM messages WHERE mailbox_id = ? AND flags & 1 = 0",
-                              (self.id,)).fetchone()[0]
+            self._row(db)
+            return db.execute("SELECT unseen FROM mailboxes WHERE id = ?", (self.id,)).fetchone()[0]
+
+    def uids_with(self, present: Iterable[str] = (), absent: Iterable[str] = ()) -> array:
+        """UIDs (ascending) having every system flag in PRESENT and none in ABSENT, filtered in SQLite.
+
+        The fast path for SEARCH UNSEEN / DELETED / FLAGGED... over a large mailbox.
+        """
+        try:
+            want, kw1 = parse_flags(present)
+            avoid, kw2 = parse_flags(absent)
+        except ValueError as exc:
+            raise MailstoreError(str(exc)) from None
+        if kw1 or kw2:
+            raise ValueError("uids_with takes system flags only")
+        with self._ix.read() as db:
+            self._row(db)
+            return array("L", chain.from_iterable(db.execute(
+                "SELECT uid FROM messages WHERE mailbox_id = ? AND flags & ? = ? AND flags & ? = 0 ORDER BY uid",
+                (self.id, want, want, avoid))))
 

@@ -20,6 +20,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from appliance.mailstore.maildir import split_name, vsize_in
 
@@ -135,9 +136,14 @@ def usage(root: str | Path) -> QuotaUsage:
     if not root.is_dir():
         return QuotaUsage(0, 0)
     b = m = None
-    if (root / INDEX_FILE).exists():
+    index = root / INDEX_FILE
+    if index.exists():
+        # Another user (root running `appliance status`) must not create the -wal/-shm files: the
+        # service could not open them afterwards. It reads the main file as it is (maybe slightly old).
+        foreign = os.geteuid() != index.stat().st_uid
+        uri = f"file:{quote(str(index))}?mode=ro" + ("&immutable=1" if foreign else "")
         try:
-            db = sqlite3.connect(root / INDEX_FILE, timeout=10)
+            db = sqlite3.connect(uri, uri=True, timeout=10)
             try:
                 b, m = db.execute("SELECT coalesce(sum(bytes), 0), coalesce(sum(messages), 0) FROM mailboxes").fetchone()
             finally:

@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.mailstore.mailbox import VALIDITY_FILE, write_validity
+from appliance.mailstore.mailbox import VALIDITY_FILE, adjust_counts, write_validity
 from appliance.mailstore.maildir import (
+    DELETED,
+    SEEN,
     bits_of_letters,
     crlf_size,
     letters_of_bits,
@@ -146,9 +148,10 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
         uidnext += 1
     modseq = 1 if fresh and not taken else rebuild_modseq()
     cursor = db.execute("INSERT INTO mailboxes(name, uidvalidity, uidnext, highestmodseq, special_use, "
-                        "first_recent_uid, messages, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "first_recent_uid, messages, bytes, unseen, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (name, validity, uidnext, modseq, special_use, uidnext, len(taken),
-                         sum(t[3] for t in taken.values())))
+                         sum(t[3] for t in taken.values()), sum(1 for t in taken.values() if not t[1] & SEEN),
+                         sum(1 for t in taken.values() if t[1] & DELETED)))
     mid = cursor.lastrowid
     db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, keywords, size, internaldate, modseq) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -163,6 +166,10 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
         with contextlib.suppress(FileNotFoundError):
             os.rename(f"{cur}/{old_name}", f"{cur}/{new_name}")
     write_validity(path, validity, uidnext)
+    if old is not None:
+        # Imported once: from now on the index is the truth (a later rebuild must not bring back
+        # this list's stale keywords). UIDs stay recoverable: the old store named every file ,U=.
+        os.replace(path / OLD_UIDLIST, path / (OLD_UIDLIST + ".migrated"))
 
 
 def rescan(box: Mailbox) -> None:
@@ -181,12 +188,16 @@ def rescan(box: Mailbox) -> None:
             "SELECT stem, uid, flags FROM messages WHERE mailbox_id = ?", (mid,))}
         known_uids = {uid for uid, _ in rows.values()}
         flag_updates, inserts, gone = [], [], []
+        before: list[int] = []
+        after: list[int] = []
         for stem, n in files.items():
             bits = bits_of_letters(split_name(n)[1])
             if stem in rows:
                 uid, old_bits = rows[stem]
                 if bits != old_bits:
                     flag_updates.append((bits, modseq, mid, uid))
+                    before.append(old_bits)
+                    after.append(bits)
                 continue
             uid = uid_in(stem)
             if uid is not None and db.execute("SELECT 1 FROM expunged WHERE mailbox_id = ? AND uid = ?",
@@ -218,14 +229,18 @@ def rescan(box: Mailbox) -> None:
                            "VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
         if gone:
             keys = [(mid, u) for u in gone]
-            sizes = sum(db.execute("SELECT size FROM messages WHERE mailbox_id = ? AND uid = ?", k).fetchone()[0]
-                        for k in keys)
+            gone_rows = [db.execute("SELECT size, flags FROM messages WHERE mailbox_id = ? AND uid = ?", k).fetchone()
+                         for k in keys]
+            sizes = sum(r[0] for r in gone_rows)
+            before.extend(r[1] for r in gone_rows)
             db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", keys)
             db.executemany("DELETE FROM cache WHERE mailbox_id = ? AND uid = ?", keys)
             db.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                            [(mid, u, modseq) for u in gone])
             db.execute("UPDATE mailboxes SET messages = messages - ?, bytes = bytes - ? WHERE id = ?",
                        (len(gone), sizes, mid))
+        after.extend(i[3] for i in inserts)
+        adjust_counts(db, mid, after, before)
         if flag_updates or inserts or gone:
             db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
                        "bytes = bytes + ? WHERE id = ?", (uidnext, modseq, len(inserts),

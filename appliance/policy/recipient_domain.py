@@ -25,13 +25,13 @@ class RecipientDomain(Check):
     def __init__(self, ctx: PolicyContext) -> None:
         self.local = frozenset(ctx.cfg.box.domains)
         self.relay = frozenset(d.lower() for d in ctx.cfg.relay.relay_domains)
-        self.accounts = ctx.accounts
 
     def on_rcpt(self, session: Session, recipient: str) -> Verdict | None:
         address = normalize_address(recipient)  # syntax was checked before this runs
         domain = domain_of(address)
         if domain in self.local:
-            if address.split("@", 1)[0] == "postmaster" or self.accounts.owner_of(address) is not None:
+            # recipient_owner: looked up by the caller for this RCPT, off the event loop.
+            if address.split("@", 1)[0] == "postmaster" or session.recipient_owner is not None:
                 return None
             return NO_SUCH_USER.verdict(self.name, recipient=address)
         if domain in self.relay:

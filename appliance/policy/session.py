@@ -33,7 +33,12 @@ class Session:
     peer_uid: int | None = None  # internal socket only (SO_PEERCRED)
     member: Member | None = None  # MX: the member owning client_ip
     login: str | None = None  # authenticated account (SMTP AUTH or XUSER)
+    # Checks run in the event loop and never touch the database: the protocol layer looks these
+    # up in a worker thread just before the hook that needs them. ``account`` is re-read before
+    # every MAIL (so a disable or a hold takes effect at once); ``recipient_owner`` is the account
+    # that RCPT's address belongs to (None: no such account), looked up before every RCPT.
     account: Account | None = None
+    recipient_owner: str | None = None
     sender: str | None = None  # current transaction's MAIL FROM ("" for the null sender)
     recipients: list[str] = field(default_factory=list)  # accepted RCPTs of the current transaction
     messages: int = 0  # messages accepted in this session

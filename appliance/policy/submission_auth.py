@@ -23,7 +23,7 @@ class SubmissionAuth(Check):
     name = "submission_auth"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        self.accounts = ctx.accounts
+        pass
 
     def on_mail(self, session: Session, sender: str) -> Verdict | None:
         if session.listener == "mx":
@@ -36,9 +36,8 @@ class SubmissionAuth(Check):
                 return STARTTLS_FIRST.verdict(self.name)
             if session.login is None:
                 return AUTH_REQUIRED.verdict(self.name)
-        # Re-read the account for every message: a disable or a hold takes effect at once.
-        account = self.accounts.get(session.login)
-        session.account = account
+        # Re-read for every message by the caller, off the event loop (Session.account).
+        account = session.account
         if account is None or account.disabled:
             return ACCOUNT_DISABLED.verdict(self.name)
         if account.held:

@@ -17,6 +17,7 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from appliance.config import Config
+from appliance.fsutil import fsync_dir
 
 log = logging.getLogger("appliance.ratelimit")
 
@@ -56,9 +57,5 @@ def notify_postmaster(cfg: Config, subject: str, body: str) -> Path | None:
         os.fsync(fh.fileno())
     final = maildir / "new" / name
     os.rename(tmp, final)
-    dfd = os.open(maildir / "new", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(maildir / "new")
     return final

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.fsutil import fsync_dir
 from appliance.spool import faults
 from appliance.spool.format import SpooledMessage, SpoolFormatError, decode, decode_log, encode, encode_log
 
@@ -71,14 +72,6 @@ def new_queue_id() -> str:
     # Time-ordered (so `queue list` sorts by arrival); the counter (random start) keeps ids unique
     # within the process without a random-number system call per message.
     return f"{time.time_ns():016X}{next(_id_counter) & 0xFFFFFF:06X}"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

@@ -25,7 +25,9 @@ Timed rows are the median of --rounds unless named otherwise. The table has Dove
 and box/Dovecot (above 1 means the box is slower or bigger). The 1-min load average is printed
 at the start; above 1 the figures are marked not reportable (a shared machine distorts them).
 Results also go to bench/imap/last_scale_run.json. Every wait is bounded (--op-timeout per
-IMAP command, --build-timeout for writing the mailboxes).
+IMAP command, --build-timeout for writing the mailboxes). A wrong answer (an EXISTS, FETCH or
+SEARCH count that does not match the mailbox) or a session that failed is printed as PROBLEM:
+the exit status is 0 only for a valid run on a quiet machine.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class Target:
     login_pids: Callable[[], list[int]] | None = None  # Dovecot's imap-login: reported as a note
     results: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # wrong answers, failed sessions: the run is not valid
 
 
 def connect(t: Target, box: Box, user: str, timeout: float, source: str = "127.0.0.1") -> Client:
@@ -113,7 +116,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 def check(t: Target, what: str, ok: bool, detail: str) -> None:
     if not ok:
-        t.notes.append(f"{t.name}: WRONG ANSWER in {what}: {detail}")
+        t.problems.append(f"{t.name}: WRONG ANSWER in {what}: {detail}")
 
 
 def ok(resp: tuple[str, list[object]], what: str) -> list[object]:
@@ -244,7 +247,7 @@ def measure_idle(t: Target, box: Box, users: list[str], sessions: int, seconds: 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(one, plan[len(users) :]))
     if failures:
-        t.notes.append(f"{t.name}: {len(failures)} of {sessions} IDLE sessions failed to open, e.g. {failures[0]}")
+        t.problems.append(f"{t.name}: {len(failures)} of {sessions} IDLE sessions failed to open, e.g. {failures[0]}")
     time.sleep(5)  # let logins and index writes settle before the quiet window
     pids = t.pids()
     before = procstat.cpu_seconds(pids)
@@ -252,13 +255,15 @@ def measure_idle(t: Target, box: Box, users: list[str], sessions: int, seconds: 
     used = procstat.cpu_seconds(pids) - before
     t.results[f"CPU of {len(opened)} IDLE sessions ({per_user}/user), % of a core"] = 100 * used / seconds
     t.results[f"RSS with {len(opened)} IDLE sessions, MB"] = procstat.rss_bytes(t.rss_pids()) / 1e6
+    t.notes.append(f"{t.name}: PSS (shared pages split among processes) of the same processes: "
+                   f"{procstat.pss_bytes(t.rss_pids()) / 1e6:.0f} MB")
     if t.login_pids is not None:
         t.notes.append(f"{t.name}: its login processes (which hold the TLS connections) add "
                        f"{procstat.rss_bytes(t.login_pids()) / 1e6:.0f} MB RSS")
     with ThreadPoolExecutor(8) as pool:
         closed = sum(pool.map(close_idle, opened))
     if closed != len(opened):
-        t.notes.append(f"{t.name}: {len(opened) - closed} IDLE sessions did not end cleanly with DONE")
+        t.problems.append(f"{t.name}: {len(opened) - closed} IDLE sessions did not end cleanly with DONE")
 
 
 def access_pid(box: Box) -> int:
@@ -356,15 +361,20 @@ def main() -> int:
     if load[0] > 1:
         print(f"WARNING: the 1-min load average was {load[0]:.2f} > 1 at the start: these figures are NOT "
               "reportable (run again on a quiet machine)")
+    elif end_load[0] > 1:
+        print(f"WARNING: the 1-min load average rose to {end_load[0]:.2f} during the run: compare with a "
+              "second run before reporting")
     print(table(dovecot, boxt))
     for note in dovecot.notes + boxt.notes:
         print(f"- {note}")
+    for problem in dovecot.problems + boxt.problems:
+        print(f"PROBLEM: {problem}")
     out = Path(__file__).with_name("last_scale_run.json")
     out.write_text(json.dumps({"messages": args.messages, "load_at_start": load, "load_at_end": end_load,
                                "reportable": load[0] <= 1, "dovecot": dovecot.results, "box": boxt.results,
-                               "notes": dovecot.notes + boxt.notes,
+                               "notes": dovecot.notes + boxt.notes, "problems": dovecot.problems + boxt.problems,
                                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
-    return 0 if load[0] <= 1 and not (dovecot.notes or boxt.notes) else 1
+    return 0 if load[0] <= 1 and not (dovecot.problems or boxt.problems) else 1
 
 
 def _named(dv: Dovecot, comm: str) -> list[int]:

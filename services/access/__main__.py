@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
 from services.access.backend import Backend
-from services.access.imap import IMAPConnection
+from services.access.imap import IMAPConnection, metrics
 from services.access.pop3 import POP3Server
 
 
@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend = Backend.from_config(cfg)
         listen(cfg, backend)
+        if cfg.listeners.access_metrics.enabled:
+            metrics.serve(cfg.listeners.access_metrics.host, cfg.listeners.access_metrics.port)
+            print(f"access: metrics on http://{cfg.listeners.access_metrics.host}:{cfg.listeners.access_metrics.port}"
+                  "/metrics", flush=True)
     except (OSError, SSL.Error) as exc:
         print(f"access: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -10,7 +10,8 @@ One ``ConnectionCaps`` per access process, shared by the IMAP and POP3 listeners
         ip_lease = caps.open_ip(client_ip, "imap")          # or "pop3"
     except CapReached as exc:
         # IMAP: "* BYE [UNAVAILABLE] " + exc.text, then close
-        # POP3: "-ERR [IN-USE] " + exc.text (RFC 2449 8.1.2; the greeting is refused), then close
+        # POP3: "-ERR [SYS/TEMP] " + exc.text instead of the greeting (RFC 3206 §4: a resource
+        #       shortage; IN-USE would say the maildrop is locked), then close
         ...
 
     # after a successful login (Backend.login fired with an Account):
@@ -52,16 +53,14 @@ login callbacks all run there).
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from prometheus_client import Counter, Gauge
+from twisted.python import log
 
 from appliance.accounts import Account
 from appliance.config import Config, LimitClass
 from appliance.ratelimit import Kind, Limited, account_key, ip_key
-
-log = logging.getLogger("services.access.conncaps")
 
 Protocol = Literal["imap", "pop3"]
 PROTOCOLS: tuple[Protocol, ...] = ("imap", "pop3")
@@ -134,7 +133,7 @@ class ConnectionCaps:
         cls: LimitClass = self.limits.classes.get(account.limit_class) or self.limits.classes["default"]
         return cls.access_connections_per_user_ip
 
-    # --- introspection (tests, `appliance status`) -----------------------------------------------
+    # --- introspection (tests) ---------------------------------------------------------------------
 
     def count_ip(self, ip: str) -> int:
         return self._open.get(f"access/{ip_key(ip)}", 0)
@@ -149,7 +148,8 @@ class ConnectionCaps:
         if n >= cap:
             # Same decision object and log format as the relay's limiter (appliance.ratelimit.limiter).
             verdict = Limited(Kind.CONNECTIONS, shown_key, f"{cap} concurrent", 1.0)
-            log.info("limited entry=%s %s", protocol, verdict.log_fields())
+            # Twisted's log: the access service's log (Python logging is not set up in that process).
+            log.msg(f"limited entry={protocol} {verdict.log_fields()}")
             REFUSED.labels(protocol, label).inc()
             raise CapReached(text, verdict)
         self._open[key] = n + 1

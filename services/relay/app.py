@@ -10,7 +10,9 @@ import os
 import signal
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client import REGISTRY
 
@@ -31,7 +33,9 @@ from services.relay.smtp import RelayHandler, RelaySMTP
 from services.relay.tls import server_context
 
 log = logging.getLogger("relay")
+T = TypeVar("T")
 
+LOOP_DB_TIMEOUT = 1.0  # seconds the event loop's accounts reads may wait for SQLite's lock
 SHUTDOWN_GRACE = 10.0  # seconds in-flight sessions get to finish when the relay stops
 
 
@@ -47,7 +51,9 @@ class RelayApp:
         self.tls_plain: ssl.SSLContext = server_context(cfg)
         self.tls_client_cert = PinnedClientCertContext(cfg.tls.cert, cfg.tls.key)
         self.signer = self._signer(cfg)
-        self.accounts = AccountStore(cfg.paths.accounts_db)
+        # Read in the event loop by the policy checks (account, aliases): a short lock wait, so a
+        # stall is bounded (a timeout is a 451 from the pipeline). Writes never use this store.
+        self.accounts = AccountStore(cfg.paths.accounts_db, busy_timeout=LOOP_DB_TIMEOUT)
         self.registry = RegistryHolder(cfg.registry_dir, tuf=bool(cfg.registry.url))
         self.registry.reload(force=True)
         self.pipeline = policy_pipeline.build(policy_pipeline.PolicyContext(cfg, self.accounts))
@@ -61,6 +67,9 @@ class RelayApp:
         # thread with its own SQLite connection.
         self._auth_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth")
         self._auth_local = threading.local()
+        # Accounts reads for the policy (account before MAIL, recipient owner before RCPT);
+        # each thread has its own SQLite connection (AccountStore is per-thread).
+        self._reader_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="accounts-read")
         self.stopping = asyncio.Event()
 
     @staticmethod
@@ -76,6 +85,10 @@ class RelayApp:
         if store is None:
             store = self._auth_local.store = AccountStore(self.cfg.paths.accounts_db)
         return store.authenticate(login, password)
+
+    async def read_accounts(self, fn: Callable[..., T], *args: object) -> T:
+        """Run an accounts-database read in the reader pool: never in the event loop (appliance/accounts.py)."""
+        return await self.loop.run_in_executor(self._reader_pool, fn, *args)
 
     async def authenticate(self, login: str, password: str) -> Account | None:
         return await self.loop.run_in_executor(self._auth_pool, self._authenticate_sync, login, password)
@@ -165,5 +178,6 @@ class RelayApp:
                 await t
         self.spool.close()
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        self._reader_pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):
             self.cfg.paths.internal_socket.unlink()

@@ -64,7 +64,7 @@ class InternalSMTP(RelaySMTP):
             await self.reply(XUSER_SYNTAX.verdict())
             return
         # Off the event loop: a database call may wait for SQLite's lock (appliance/accounts.py).
-        account = await self.app.loop.run_in_executor(None, self.app.accounts.get, parts[0])
+        account = await self.app.read_accounts(self.app.accounts.get, parts[0])
         if account is None or account.disabled:
             await self.reply(XUSER_UNKNOWN.verdict("xuser"))
             return

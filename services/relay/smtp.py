@@ -537,6 +537,9 @@ class RelayHandler:
         assert ps is not None
         # (aiosmtpd has refused a SIZE= over the limit already, RFC 1870.)
         sender = "" if address == "<>" else address
+        if ps.login is not None:
+            # Fresh for every message (a disable or hold applies at once), read off the event loop.
+            ps.account = await self.app.read_accounts(self.app.accounts.get, ps.login)
         verdict = self.app.pipeline.mail(ps, sender)
         if verdict is not None:
             if verdict.close:
@@ -552,6 +555,10 @@ class RelayHandler:
                           rcpt_options: list[str]) -> str:
         ps = server.psession
         assert ps is not None
+        try:
+            ps.recipient_owner = await self.app.read_accounts(self.app.accounts.owner_of, normalize_address(address))
+        except AddressError:
+            ps.recipient_owner = None  # address_syntax refuses it
         verdict = self.app.pipeline.rcpt(ps, address)
         if verdict is not None:
             if verdict.close:

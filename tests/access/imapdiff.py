@@ -9,9 +9,12 @@ that are informative only.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
 import socket
 import ssl
+import time
 from typing import Any
 
 Token = Any
@@ -198,10 +201,18 @@ def normalize(untagged: list[bytes], tagged: bytes) -> tuple[Any, ...]:
 # type names, dates the server chose itself, and capabilities outside the set the box advertises.
 
 COMPARED_CAPABILITIES = frozenset(
-    b"IMAP4REV1 STARTTLS LOGINDISABLED AUTH=PLAIN SASL-IR ENABLE ID LITERAL+ CONDSTORE QRESYNC ESEARCH SEARCHRES SORT "
+    b"IMAP4REV1 STARTTLS LOGINDISABLED AUTH=PLAIN ENABLE ID LITERAL+ CONDSTORE QRESYNC ESEARCH SEARCHRES SORT "
     b"THREAD=REFERENCES THREAD=ORDEREDSUBJECT LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY MULTIAPPEND CATENATE "
     b"UIDPLUS MOVE SPECIAL-USE IDLE NAMESPACE UNSELECT QUOTA CHILDREN".split())
+# Before authentication a server may advertise less (RFC 9051 §6.1.1): only what matters there is compared.
+PREAUTH_CAPABILITIES = frozenset(b"IMAP4REV1 STARTTLS LOGINDISABLED AUTH=PLAIN".split())
 _VOLATILE_CODES = (b"UIDVALIDITY", b"HIGHESTMODSEQ")  # the number is the server's choice, its presence is not
+# RFC 5530's codes are hints a server may give or not (Dovecot: CLIENTBUG on STATUS of the selected
+# mailbox, NONEXISTENT on RENAME but not on STATUS); the codes base RFCs require (TRYCREATE, READ-ONLY,
+# UIDNEXT, BADCHARSET, UNKNOWN-CTE, OVERQUOTA...) are compared.
+_OPTIONAL_CODES = frozenset(
+    b"NONEXISTENT ALREADYEXISTS CLIENTBUG SERVERBUG CANNOT INUSE EXPUNGEISSUED CONTACTADMIN NOPERM LIMIT "
+    b"CORRUPTION PRIVACYREQUIRED EXPIRED AUTHENTICATIONFAILED AUTHORIZATIONFAILED UNAVAILABLE".split())
 
 
 def seqset(value: bytes) -> list[int] | bytes:
@@ -218,18 +229,37 @@ def seqset(value: bytes) -> list[int] | bytes:
     return sorted(set(out))
 
 
-def _strict_code(text: bytes) -> Token:
+def _caps(toks: list[Token], preauth: bool) -> list[bytes]:
+    wanted = PREAUTH_CAPABILITIES if preauth else COMPARED_CAPABILITIES
+    return sorted(c.upper() for c in toks if isinstance(c, bytes) and c.upper() in wanted)
+
+
+def _internaldate(value: bytes) -> bytes:
+    """The instant (UTC), since a server may keep or drop the zone it was given; the server's own clock
+    (an APPEND without a date) as a placeholder."""
+    try:
+        when = email.utils.parsedate_to_datetime(value.decode().replace("-", " ", 2))
+    except (ValueError, TypeError):
+        return value
+    if abs(when.timestamp() - time.time()) < 600:
+        return b"<server's clock>"
+    return when.astimezone(datetime.UTC).strftime("%d-%b-%Y %H:%M:%S +0000").encode()
+
+
+def _strict_code(text: bytes, preauth: bool = False) -> Token:
     m = re.match(rb"\[([^\]]*)\]", text.strip())
     if not m:
         return None
     toks = tokenize(m.group(1))
     name = toks[0].upper() if toks and isinstance(toks[0], bytes) else b""
-    if name in _VOLATILE_CODES:
+    if name in _VOLATILE_CODES or name == b"BADCHARSET":  # BADCHARSET's list of charsets is optional
         return [name]
+    if name in _OPTIONAL_CODES:
+        return None
     if name in (b"APPENDUID", b"COPYUID"):
         return [name, *(seqset(t) for t in toks[2:])]
     if name == b"CAPABILITY":
-        return [name, sorted(c.upper() for c in toks[1:] if c.upper() in COMPARED_CAPABILITIES)]
+        return [name, _caps(toks[1:], preauth)]
     if name == b"PERMANENTFLAGS" and len(toks) > 1:
         return [name, sorted(toks[1])]
     if name == b"MODIFIED":
@@ -265,18 +295,26 @@ def _strict_fetch(tokens: list[Token], today: bytes) -> dict[bytes, Token]:
             value = [b"N"]
         elif key in (b"BODY", b"BODYSTRUCTURE"):
             value = _body(value)
-        elif key == b"INTERNALDATE" and isinstance(value, bytes) and today in value:
-            value = b"<server's clock>"  # APPEND without a date: the server's now
+        elif key == b"INTERNALDATE" and isinstance(value, bytes):
+            value = _internaldate(value)
         items[key] = value
     return dict(sorted(items.items()))
 
 
-def _strict_untagged(toks: list[Token], today: bytes) -> Token:
+def _inbox(name: Token) -> Token:
+    """INBOX in any case is INBOX (RFC 3501 §5.1): a server may echo the client's spelling or its own."""
+    return b"INBOX" if isinstance(name, bytes) and name.upper() == b"INBOX" else name
+
+
+def _strict_untagged(toks: list[Token], today: bytes, preauth: bool = False) -> Token:
     if len(toks) >= 2 and toks[1] == b"FETCH" and isinstance(toks[2], list):
         return (b"FETCH", toks[0], _strict_fetch(toks[2], today))
     head = toks[0].upper() if toks and isinstance(toks[0], bytes) else b""
     if head == b"CAPABILITY":
-        return (head, sorted(c.upper() for c in toks[1:] if c.upper() in COMPARED_CAPABILITIES))
+        return (head, _caps(toks[1:], preauth))
+    if head == b"ENABLED":  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE, a server may list both
+        names = {t.upper() for t in toks[1:] if isinstance(t, bytes)}
+        return (head, sorted(names - {b"CONDSTORE"} if b"QRESYNC" in names else names))
     if head in (b"SEARCH", b"SORT"):
         nums = [t for t in toks[1:] if isinstance(t, bytes)]
         mod = [[b"MODSEQ", b"N"] for t in toks[1:] if isinstance(t, list)]
@@ -293,10 +331,13 @@ def _strict_untagged(toks: list[Token], today: bytes) -> Token:
         return (head, sorted(toks[1]))
     if head in (b"LIST", b"LSUB"):
         ext = toks[4:]  # LIST-EXTENDED: (CHILDINFO (...)) and friends
-        return (head, sorted(a.lower() for a in toks[1]), toks[2], toks[3], ext)
+        attrs = sorted(a.lower() for a in toks[1])
+        if head == b"LSUB":  # RFC 3501 §6.3.9: LSUB "MAY contain different mailbox flags" than LIST
+            attrs = [a for a in attrs if a == b"\\noselect"]
+        return (head, attrs, toks[2], _inbox(toks[3]), ext)
     if head == b"STATUS":
         items = dict(zip(toks[2][::2], toks[2][1::2], strict=True))
-        return (head, toks[1], dict(sorted((k.upper(), b"N" if k.upper() in (b"UIDVALIDITY", b"HIGHESTMODSEQ") else v)
+        return (head, _inbox(toks[1]), dict(sorted((k.upper(), b"N" if k.upper() in (b"UIDVALIDITY", b"HIGHESTMODSEQ") else v)
                                            for k, v in items.items())))
     if head == b"ID":
         return (head,)  # the server's name and version (RFC 2971 lets it send NIL)
@@ -311,14 +352,60 @@ def _strict_untagged(toks: list[Token], today: bytes) -> Token:
     return tuple(toks)
 
 
-def normalize_strict(untagged: list[bytes], tagged: bytes, today: bytes = b"", command: bytes = b"") -> tuple[Any, ...]:
+def _without_redundant_fetches(untagged: list[bytes]) -> list[bytes]:
+    """Drop a pushed `* n FETCH (FLAGS ...)` for a message the same answer then expunges.
+
+    Announcing the \\Deleted flag before the EXPUNGE is allowed, and so is only the EXPUNGE.
+    """
+    out = []
+    for i, r in enumerate(untagged):
+        m = re.match(rb"\* (\d+) FETCH \((?:FLAGS \([^)]*\)|MODSEQ \(\d+\)| |UID \d+)+\)$", r)
+        if m:
+            cur = int(m.group(1))
+            for later in untagged[i + 1 :]:
+                e = re.match(rb"\* (\d+) EXPUNGE$", later)
+                if e and int(e.group(1)) == cur:
+                    break
+                if e and int(e.group(1)) < cur:
+                    cur -= 1
+            else:
+                out.append(r)
+            continue
+        out.append(r)
+    return out
+
+
+def _expunged(run: list[int]) -> list[int]:
+    """Consecutive `* n EXPUNGE` as the sequence numbers they had before the first one.
+
+    "3 2 1" and "1 1 1" remove the same three messages; RFC 3501 §7.4.1 lets the server pick the order.
+    """
+    alive = list(range(1, max(run) + len(run) + 1))
+    gone = []
+    for n in run:
+        if 0 < n <= len(alive):
+            gone.append(alive.pop(n - 1))
+    return sorted(gone)
+
+
+def normalize_strict(untagged: list[bytes], tagged: bytes, today: bytes = b"", command: bytes = b"",
+                     preauth: bool = False) -> tuple[Any, ...]:
     """The comparable form of one command's answer (see the comment above); TAGGED without the tag.
 
     FLAGS and PERMANENTFLAGS are compared in the answer to SELECT/EXAMINE (where RFC 3501 §6.3.1
     requires them); elsewhere a server may send them whenever its keyword list grows.
     """
     status, _, text = tagged.partition(b" ")
-    selecting = command.split(b" ", 1)[0].upper() in (b"SELECT", b"EXAMINE")
+    cmd = command.upper()
+    verb = cmd.split(b" ", 1)[0]
+    selecting = verb in (b"SELECT", b"EXAMINE")
+    # RFC 7162 §3.1: a server may leave HIGHESTMODSEQ out of SELECT until the client uses CONDSTORE
+    # (Dovecot does); it is compared where the SELECT itself asks for it.
+    modseq_free = selecting and b"CONDSTORE" not in cmd and b"QRESYNC" not in cmd
+    # RFC 5258 §4: an extended LIST returns child information only when asked (RETURN (CHILDREN)).
+    children_free = verb == b"LIST" and (b"RETURN" in cmd or cmd[4:].lstrip().startswith(b"(")) \
+        and b"CHILDREN" not in cmd
+    untagged = _without_redundant_fetches(untagged)
     segments: list[list[Any]] = [[]]
     for r in untagged:
         if not r.startswith(b"* "):
@@ -326,20 +413,35 @@ def normalize_strict(untagged: list[bytes], tagged: bytes, today: bytes = b"", c
             continue
         first = r[2:].split(b" ", 1)[0].upper()
         if first in (b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"):
-            code = _strict_code(r[2 + len(first) + 1 :])
+            code = _strict_code(r[2 + len(first) + 1 :], preauth)
             if not selecting and code and code[0] == b"PERMANENTFLAGS":
+                continue
+            if modseq_free and code and code[0] == b"HIGHESTMODSEQ":
                 continue
             if code is not None or first != b"OK":  # an OK without a code is free text ("Still here")
                 segments[-1].append((first, code))
             continue
-        norm = _strict_untagged(tokenize(r[2:]), today)
-        if norm[0] == b"FLAGS" and not selecting:
+        norm = _strict_untagged(tokenize(r[2:]), today, preauth)
+        if norm == (b"ENABLED", []):
+            continue  # RFC 5161: nothing newly enabled; a server may say so or stay silent
+        if children_free and norm[0] == b"LIST":
+            norm = (norm[0], [a for a in norm[1] if a not in (b"\\haschildren", b"\\hasnochildren")], *norm[2:])
+        if not selecting and (norm[0] == b"FLAGS" or (len(norm) > 1 and norm[1] == b"RECENT")):
+            continue  # FLAGS and RECENT updates outside SELECT: the server may send them or not
+        if len(norm) > 1 and norm[1] == b"EXPUNGE" and segments[-1] == [] and len(segments) > 1 \
+                and segments[-2] and segments[-2][0][0] == b"EXPUNGED":
+            segments[-2][0][1].append(int(norm[0]))  # a run of EXPUNGEs: see _expunged
             continue
-        if norm[0] in (b"EXISTS", b"EXPUNGE", b"VANISHED") or (len(norm) > 1 and norm[1] in (b"EXISTS", b"EXPUNGE")):
+        if len(norm) > 1 and norm[1] == b"EXPUNGE":
+            norm = (b"EXPUNGED", [int(norm[0])])
+        if norm[0] in (b"EXISTS", b"EXPUNGED", b"VANISHED") or (len(norm) > 1 and norm[1] == b"EXISTS"):
             # Sequence numbers change here: what comes before and after must not be reordered.
             segments.append([norm])
             segments.append([])
         else:
             segments[-1].append(norm)
+    for seg in segments:
+        if seg and seg[0][0] == b"EXPUNGED":
+            seg[0] = (b"EXPUNGED", _expunged(seg[0][1]))
     body = [item for seg in segments for item in sorted(seg, key=repr)]
-    return (status.upper(), _strict_code(text), body)
+    return (status.upper(), _strict_code(text, preauth), body)

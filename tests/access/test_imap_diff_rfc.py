@@ -70,7 +70,11 @@ def _local(area: Path) -> str:
 
 @pytest.fixture(scope="module")
 def diff_users(access_box: Box) -> dict[str, str]:
-    return {a.stem: access_box.add_user(_local(a), PASSWORD) for a in AREAS}
+    users = {a.stem: access_box.add_user(_local(a), PASSWORD) for a in AREAS}
+    # The same limits as the reference's quota_rule (the values are normalized away, the resources not).
+    # Not checked: a server without quotas (the old one) has no such command, and quota.imap then shows it.
+    access_box.cli("user", "quota", users["quota"], "--storage", "1G", "--messages", "100000", check=False)
+    return users
 
 
 @pytest.fixture(scope="module")

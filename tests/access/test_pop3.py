@@ -6,13 +6,15 @@ import os
 import poplib
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from appliance.mailstore import maildir_path
 from tests.access.conftest import MAX_MESSAGE_SIZE, PASSWORD, imap, inbox_files, inbox_messages, message, pop, wait_for
 from tests.conftest import require
-from tests.helpers.box import Box
+from tests.helpers.box import Box, pids_under
 
 
 def _deliver_through_relay(box: Box, to: str, subjects: list[str]) -> list[bytes]:
@@ -177,3 +179,74 @@ def test_getmail6_retrieves_the_mailbox_byte_identical(access_box: Box, tmp_path
     proc = subprocess.run(["getmail", f"--rcfile={rc}", f"--getmaildir={tmp_path}"], capture_output=True,
                           text=True, timeout=120)
     _assert_retrieved(proc, out, files)
+
+
+# --- streaming and bounded memory (issue 13 item 4: POP RETR streamed) -----------------------------
+
+
+def _access_rss_kb(box: Box) -> int:
+    """Resident memory of the box's access service process."""
+    for pid in pids_under(box.dir):
+        proc = Path(f"/proc/{pid}")
+        try:
+            if b"services.access" in (proc / "cmdline").read_bytes():
+                status = (proc / "status").read_text()
+                return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmRSS:")))
+        except (OSError, StopIteration):
+            continue
+    raise AssertionError("no access service process found")
+
+
+def _big_mailbox(box: Box, local: str) -> bytes:
+    """LOCAL gets one 2 MB message (LF line ends, dot lines) written as the relay writes mail; returns it."""
+    address = box.add_user(local, PASSWORD)
+    root = maildir_path(box.cfg.paths.mail_dir, address)
+    for sub in ("tmp", "new", "cur"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    data = b"From: x@example.test\nSubject: big\n\n" + b"".join(b".%06d %s\n" % (i, b"y" * 990) for i in range(2000))
+    (root / "tmp" / "1764590000.M1P1.big").write_bytes(data)
+    (root / "tmp" / "1764590000.M1P1.big").rename(root / "new" / "1764590000.M1P1.big")
+    return data
+
+
+def test_pipelined_retrs_are_streamed_at_the_clients_pace(access_box: Box) -> None:
+    data = _big_mailbox(access_box, "erin")
+    p = pop(access_box, "erin")
+    before = _access_rss_kb(access_box)
+    count = 40  # 80 MB of replies asked for in one packet; the client reads none of it yet
+    p.sock.sendall(b"RETR 1\r\n" * count)
+    # Unread replies stay in the kernel's socket buffers, not in the server: it stops producing.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        assert _access_rss_kb(access_box) - before < 30_000, "the server is buffering replies the client has not read"
+    expected = data.split(b"\n")[:-1]  # the lines as stored, dots and all
+    for _ in range(count):
+        status, lines, _ = p._getlongresp()  # poplib un-stuffs the dots
+        assert status == b"+OK %d octets" % (len(data) + data.count(b"\n")) and lines == expected
+    assert p.stat()[0] == 1
+    p.quit()
+
+
+def test_a_client_gone_mid_retr_leaves_no_lock_behind(access_box: Box) -> None:
+    if not (maildir_path(access_box.cfg.paths.mail_dir, f"erin@{access_box.domain}") / "new").exists():
+        _big_mailbox(access_box, "erin")
+    p = pop(access_box, "erin")
+    p.sock.sendall(b"RETR 1\r\nRETR 1\r\nRETR 1\r\n")
+    assert p.sock.recv(100).startswith(b"+OK")
+    # No QUIT: the connection just ends (RFC 1939 §6: nothing is deleted), and the maildrop lock goes.
+    p.sock.shutdown(socket.SHUT_RDWR)
+    p.file.close()
+    p.sock.close()
+    wait_for(lambda: _try_login(access_box, "erin"), "the maildrop lock to be released")
+
+
+def _try_login(box: Box, local: str) -> bool:
+    try:
+        p = pop(box, local)
+    except poplib.error_proto as exc:
+        assert b"IN-USE" in str(exc).encode(), exc
+        return False
+    assert p.stat()[0] == 1
+    p.quit()
+    return True

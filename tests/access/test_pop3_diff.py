@@ -198,9 +198,14 @@ def servers(access_box: Box) -> Iterator[tuple[tuple[str, int], tuple[str, int],
         dv.stop()
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) < 400 else text[:200] + f" ...({len(text)} chars)... " + text[-150:]
+
+
 def _compare(ours: list[tuple[str, object]], theirs: list[tuple[str, object]]) -> None:
-    diffs = [f"{cmd}\n  box:     {a!r}\n  dovecot: {b!r}" for (cmd, a), (_, b) in zip(ours, theirs, strict=True)
-             if a != b]
+    diffs = [f"{cmd}\n  box:     {_short(a)}\n  dovecot: {_short(b)}"
+             for (cmd, a), (_, b) in zip(ours, theirs, strict=True) if a != b]
     assert not diffs, "POP3 replies differ from Dovecot:\n" + "\n".join(diffs)
 
 
@@ -329,6 +334,9 @@ def test_eleventh_session_of_a_user_from_one_address_is_refused_until_one_ends(a
         extra.close()
         with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE|connections"):
             imap(access_box, "bob")
+        logged = (Path(access_box.cfg.paths.log_dir) / "access.log").read_text()
+        assert "limited entry=pop3 limit=connections key=access/ip:127.0.0.1/acct:bob@example.test" in logged
+        assert "limited entry=imap limit=connections key=access/ip:127.0.0.1/acct:bob@example.test" in logged
         sessions.pop().logout()  # a released lease frees the slot
         sessions.append(imap(access_box, "bob"))
         assert sessions[-1].noop()[0] == "OK"
@@ -353,6 +361,8 @@ def test_connections_not_logged_in_are_capped_per_address(access_box: Box) -> No
             held.append(c)
         refused = RawPOP(access_box.host("pop3"), access_box.port("pop3"), access_box.client_tls(), stls=False)
         assert refused.greeting.startswith(b"-ERR [SYS/TEMP]") and b"Too many connections" in refused.greeting
+        assert "limited entry=pop3 limit=connections key=ip:127.0.0.1" in (
+            Path(access_box.cfg.paths.log_dir) / "access.log").read_text()
         with pytest.raises(ConnectionError):
             refused.readline()  # and the server hung up
         refused.close()

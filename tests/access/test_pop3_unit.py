@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from appliance.mailstore import crlf
+from appliance.mailstore import MailStore, MailstoreError, crlf
 from services.access.backend import Backend
 from services.access.pop3.commands import (
     MAX_COMMAND_LINE,
+    TOO_LONG,
     Command,
     Invalid,
     SaslError,
@@ -23,6 +24,8 @@ from services.access.pop3.commands import (
     parse,
     plain_credentials,
 )
+from services.access.pop3.framing import LineFramer
+from services.access.pop3.maildrop import Maildrop
 from services.access.pop3.server import POP3Server
 from services.access.pop3.wire import MessageEncoder, encode_message
 from tests.ratelimit.conftest import make_config
@@ -228,3 +231,79 @@ def test_overlong_line_is_refused_and_the_session_goes_on(backend: Backend) -> N
     out = t.value().split(b"\r\n")
     assert out[0].startswith(b"-ERR Command line too long") and out[1] == b"+OK Capability list follows"
     s.connectionLost()
+
+
+# --- the maildrop on a real store ----------------------------------------------------------------
+
+
+def _store_with(tmp_path: Path, messages: list[bytes]) -> Path:
+    root = tmp_path / "maildir"
+    MailStore.open(root).close()
+    for i, data in enumerate(messages):
+        (root / "new" / f"1764590000.M{i}P1.unit").write_bytes(data)
+    return root
+
+
+def _read(drop: Maildrop, n: int, top: int | None = None) -> bytes:
+    reader = drop.open_message(n, top)
+    out = b""
+    while (piece := reader.next_chunk()) is not None:
+        out += piece
+    return out
+
+
+def test_unique_ids_survive_a_lost_index(tmp_path: Path) -> None:
+    root = _store_with(tmp_path, [b"Subject: %d\n\nbody\n" % i for i in range(5)])
+    store = MailStore.open(root)
+    first = Maildrop.open(lambda: store)
+    ids = [first.unique_id(n) for n in range(1, 6)]
+    assert len(set(ids)) == 5 and all(len(u) == 16 for u in ids)
+    first.update({2}, {1})  # one deleted, one retrieved: the survivors keep their ids
+    store.close()
+    for f in root.glob("appliance-index.sqlite*"):
+        f.unlink()
+    store = MailStore.open(root)  # rebuilt from the Maildir file names
+    again = Maildrop.open(lambda: store)
+    assert [again.unique_id(n) for n in range(1, 5)] == [ids[0], *ids[2:]]
+    assert "\\Seen" in again.mailbox.records([again.uids[0]])[0].flags  # RETR'd, as Dovecot marks it
+    store.close()
+
+
+def test_a_message_expunged_by_another_session(tmp_path: Path) -> None:
+    root = _store_with(tmp_path, [b"Subject: a\n\none\n", b"Subject: b\n\ntwo\n"])
+    store = MailStore.open(root)
+    drop = Maildrop.open(lambda: store)
+    assert _read(drop, 2) == b"Subject: b\r\n\r\ntwo\r\n.\r\n"
+    store.mailbox("INBOX").expunge([drop.uids[0]])  # e.g. an IMAP client, while POP3 has its snapshot
+    with pytest.raises(MailstoreError):
+        drop.open_message(1, None)
+    assert len(drop) == 2 and drop.sizes[0] == len(b"Subject: a\r\n\r\none\r\n")  # numbers stay as they were
+    assert drop.update({1, 2}, set()) == []  # both gone afterwards, whoever removed them
+    assert list(store.mailbox("INBOX").state().uids) == []
+    store.close()
+
+
+# --- framing ---------------------------------------------------------------------------------------
+
+
+def _frame_all(framer: LineFramer, limit: int) -> list[bytes]:
+    out = []
+    while (line := framer.next_line(limit)) is not None:
+        out.append(b"<too long>" if line is TOO_LONG else line)
+    return out
+
+
+@PROPS
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+       st.lists(st.integers(1, 50), min_size=1, max_size=10), st.integers(8, 30))
+def test_framing_is_independent_of_packet_boundaries(lines: list[bytes], cuts: list[int], limit: int) -> None:
+    data = b"".join(ln + b"\r\n" for ln in lines)
+    expected = [ln if len(ln) + 2 <= limit else b"<too long>" for ln in lines]
+    framer, got, pos, i = LineFramer(), [], 0, 0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        framer.feed(data[pos:pos + step])
+        pos, i = pos + step, i + 1
+        got += _frame_all(framer, limit)
+        assert framer.buffered() <= max(limit, 50) + 2  # never more than one line's worth is held
+    assert got == expected

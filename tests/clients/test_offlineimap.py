@@ -70,7 +70,7 @@ def test_fetchmail_over_imap(access_box: Box, tmp_path: Path) -> None:
         "set invisible\n"
         f'poll {access_box.host("imap")} proto IMAP port {access_box.port("imap")} '
         f'user "{address}" password "{PASSWORD}" sslproto "TLS1.2+" sslcertck '
-        f'sslcertfile "{access_box.cfg.tls.cert}" keep mda "/bin/sh -c \'cat > {out}/msg.$$\'"\n')
+        f'sslcommonname "{access_box.cfg.box.hostname}" sslcertfile "{access_box.cfg.tls.cert}" keep mda "/bin/sh -c \'cat > {out}/msg.$$\'"\n')
     rc.chmod(0o600)
     env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
     proc = subprocess.run(["fetchmail", "-f", str(rc), "--nosyslog", "-v"], capture_output=True, text=True,

@@ -14,7 +14,9 @@ within a fixed time budget in ``make test``, and every file in ``corpus/`` and
 - ``smtp``: the relay's SMTP parsing: the MAIL/RCPT path argument
   (``RelaySMTP._getaddr``), DATA (``RelaySMTP._read_data``, checked against the
   box's own dot-stuffing, ``appliance.submitclient``) and the header/body split
-  of the message (``appliance.message.Message``).
+  of the message (``appliance.message.Message``);
+- ``imap``: the IMAP command reader (``services.access.imapproto.parser``),
+  defined in ``tests/imapproto/fuzz_target.py``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from appliance.registry import model
 from appliance.spool import format as spool_format
 from appliance.submitclient import _dot_stuff
 from services.relay.smtp import TERMINATOR, RelaySMTP
+from tests.imapproto.fuzz_target import imap
 
 # --- registry ---------------------------------------------------------------------------------------
 
@@ -147,4 +150,5 @@ def smtp(data: bytes) -> None:
         msg.header_values("Subject")
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"registry": registry, "spool": spool, "smtp": smtp}
+TARGETS: dict[str, Callable[[bytes], None]] = {"registry": registry, "spool": spool, "smtp": smtp,
+                                               "imap": imap}

@@ -103,3 +103,18 @@ def test_message_global_is_encapsulated_only_for_imap4rev2() -> None:
     rev2 = bodystructure(msg, False, rev2=True)
     assert rev2.startswith(b'(("message" "global" NIL NIL NIL "7bit" 69 (NIL {7}\r\nGr\xc3\xbc\xc3\x9fe ')
     assert rev2.endswith(b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 16 0) 3) "mixed")')
+
+
+def test_rfc3501_section_7_4_2_example_body() -> None:
+    # RFC 3501 §7.4.2's BODY example, rebuilt as a message whose parts have those sizes.
+    text = "".join("x" * (48 if i else 50) + "\r\n" for i in range(23))  # 1152 octets, 23 lines
+    b64 = "".join("Y" * (60 if i else 88) + "\r\n" for i in range(73))  # 4554 octets, 73 lines
+    assert (len(text), len(b64)) == (1152, 4554)
+    msg = ("MIME-Version: 1.0\r\nContent-Type: MULTIPART/MIXED; BOUNDARY=\"b\"\r\n\r\n--b\r\n"
+           "Content-Type: TEXT/PLAIN; CHARSET=US-ASCII\r\nContent-Transfer-Encoding: 7BIT\r\n\r\n" + text +
+           "\r\n--b\r\nContent-Type: TEXT/PLAIN; CHARSET=US-ASCII; NAME=cc.diff\r\n"
+           "Content-ID: <960723163407.20117h@cac.washington.edu>\r\nContent-Description: Compiler diff\r\n"
+           "Content-Transfer-Encoding: BASE64\r\n\r\n" + b64 + "\r\n--b--\r\n").encode()
+    assert bodystructure(msg, False) == (
+        b'(("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7BIT" 1152 23)("TEXT" "PLAIN" ("CHARSET" "US-ASCII" '
+        b'"NAME" "cc.diff") "<960723163407.20117h@cac.washington.edu>" "Compiler diff" "BASE64" 4554 73) "MIXED")')

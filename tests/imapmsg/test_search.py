@@ -112,6 +112,12 @@ def test_sent_date_uses_the_header_calendar_day() -> None:
     assert run(K("SENTBEFORE", dt.date(1971, 1, 1)), [late, none]) == [2]
 
 
+def test_sent_date_before_1970() -> None:
+    old = View(1, 1, raw=b"Date: Thu, 13 Feb 1969 23:32:54 -0330\r\n\r\nx\r\n")
+    assert run(K("SENTON", dt.date(1969, 2, 13)), [old]) == [1]
+    assert run(K("SENTSINCE", dt.date(2000, 1, 1)), [old]) == []
+
+
 def test_metadata_keys_never_read_the_message() -> None:
     v = mailbox()
     key = K("AND", K("OR", K("SEEN"), K("LARGER", 10)), K("NOT", K("DELETED")), K("UID", SequenceSet(((1, None),))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -32,8 +32,10 @@ class View:
     modseq: int
     recent: bool
     raw: bytes
+    reads: list[int] = field(default_factory=list)  # one entry per data() call
 
     def data(self) -> bytes:
+        self.reads.append(self.uid)
         return self.raw
 
 
@@ -94,7 +96,26 @@ CASES: list[tuple[str, SearchKey]] = [
     ("FLAGGED", K("FLAGGED")),
     ("UNFLAGGED KEYWORD $Work", K("AND", K("UNFLAGGED"), K("KEYWORD", "$work"))),
     ("UNKEYWORD $Work", K("UNKEYWORD", "$Work")),
+    ('BODY "café <b>bold"', K("BODY", "café <b>bold")),
+    ('BODY "plain with unknown"', K("BODY", "plain with unknown")),
+    ('FROM "grüppe"', K("FROM", "grüppe")),
+    ('TO "quoted encoded"', K("TO", "quoted encoded")),
+    ('SUBJECT "café and more"', K("SUBJECT", "café and more")),
+    ('HEADER Message-ID "comment"', K("HEADER", "Message-ID", "comment")),
+    ('HEADER References "id59@"', K("HEADER", "References", "id59@")),
+    ('TEXT "id30@example.com"', K("TEXT", "id30@example.com")),
+    ('FROM "joe q. public"', K("FROM", "joe q. public")),
+    ('CC "big"', K("CC", "big")),
+    ('BCC "192.168"', K("BCC", "192.168")),
+    ("SENTON 21-Nov-1997", K("SENTON", D(1997, 11, 21))),
+    ('SUBJECT "word399"', K("SUBJECT", "word399")),
+    ('HEADER "content-description" "grüße"', K("HEADER", "content-description", "grüße")),
 ]
+# Dovecot keeps sent dates as time_t and misplaces dates before 1970: it finds message 47
+# ("Thu, 13 Feb 1969 23:32:54 -0330") with SENTSINCE 1-Jan-2000. RFC 9051 §6.4.4 compares
+# the header's own date, 13-Feb-1969, which is what we do (test_search.py checks it), so
+# that message is left out of the SENT* comparisons.
+PRE_1970 = "47-domain-literal-and-specials.eml"
 FLAGGED = {3, 9}  # sequence numbers given \Flagged, and $Work below
 WORK = {9, 20}
 
@@ -127,4 +148,8 @@ def test_search_same_as_dovecot(reference: tuple[Session, list[View]], program: 
     ctx = SearchContext(max_seq=len(views), max_uid=views[-1].uid)
     prog = compile_search(key)
     ours = [v.seq for v in views if prog.matches(v, ctx)]
+    if program.startswith("SENT"):
+        skip = FILES.index(CORPUS / PRE_1970) + 1
+        theirs = [n for n in theirs if n != skip]
+        ours = [n for n in ours if n != skip]
     assert ours == theirs

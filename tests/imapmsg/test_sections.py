@@ -33,6 +33,11 @@ def test_part_one_of_a_non_multipart_is_its_body() -> None:
     assert section(msg, Section(part=(1, 1))) is None
 
 
+def test_part_one_of_a_leaf_inside_a_multipart_is_that_leaf() -> None:
+    assert section(NESTED, Section(part=(1, 1))) == b"See the forwarded message."
+    assert section(NESTED, Section(part=(1, 1, 1))) is None
+
+
 def test_parts_of_nested_multipart_and_message() -> None:
     assert section(NESTED, Section(part=(1,))) == b"See the forwarded message."
     assert section(NESTED, Section(part=(1,), text="MIME")) == b"Content-Type: text/plain\r\n\r\n"

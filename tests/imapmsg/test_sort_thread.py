@@ -53,6 +53,11 @@ def test_sort_date_uses_utc_and_falls_back_to_internal_date() -> None:
     assert sort(views, [("ARRIVAL", False)]) == [1, 2, 3]
 
 
+def test_sort_date_before_1970_comes_first() -> None:
+    views = [v(1, date="Mon, 1 Jan 2024 10:00:00 +0000"), v(2, date="Thu, 13 Feb 1969 23:32:54 -0330")]
+    assert sort(views, [("DATE", False)]) == [2, 1]
+
+
 def test_sort_subject_then_reverse_date() -> None:
     views = [v(1, "Re: b", "Mon, 1 Jan 2024 10:00:00 +0000"), v(2, "a", "Mon, 1 Jan 2024 10:00:00 +0000"),
              v(3, "B", "Tue, 2 Jan 2024 10:00:00 +0000")]
@@ -125,3 +130,10 @@ def test_serialize_thread_rfc5256_example_shape() -> None:
 def test_unknown_thread_algorithm_is_refused() -> None:
     with pytest.raises(ValueError):
         thread([v(1)], "NOSUCH")
+
+
+def test_arrival_and_size_sorts_never_read_messages() -> None:
+    views = [v(i, size=10 - i, arrival=float(i)) for i in range(1, 6)]
+    assert sort(views, [("SIZE", False)]) == [5, 4, 3, 2, 1]
+    assert sort(views, [("ARRIVAL", True)]) == [5, 4, 3, 2, 1]
+    assert not any(x.reads for x in views)

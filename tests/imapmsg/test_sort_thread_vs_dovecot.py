@@ -10,10 +10,13 @@ import pytest
 
 from services.access.imapmsg import mimetree, serialize_thread, sort, thread
 from tests.imapmsg.dovecot_ref import Session, dovecot
-from tests.imapmsg.test_search_vs_dovecot import View
+from tests.imapmsg.test_search_vs_dovecot import PRE_1970, View
 
 CORPUS = Path(__file__).parent / "corpus"
-SETS = {"INBOX": sorted(CORPUS.glob("*.eml")), "Threads": sorted((CORPUS / "threads").glob("*.eml"))}
+# The message dated 1969 is left out: Dovecot sorts dates before 1970 after every other one
+# (time_t), RFC 5256 §3 puts them first, as we do (test_sort_thread.py checks it).
+SETS = {"INBOX": sorted(p for p in CORPUS.glob("*.eml") if p.name != PRE_1970),
+        "Threads": sorted((CORPUS / "threads").glob("*.eml"))}
 
 
 def internal(i: int) -> dt.datetime:

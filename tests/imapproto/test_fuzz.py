@@ -80,11 +80,16 @@ noise = st.lists(st.sampled_from(TOKENS) | st.binary(max_size=6), max_size=40).m
        decisions=st.lists(st.booleans(), max_size=6), utf8=st.booleans(), minus=st.booleans())
 def test_random_input_never_raises(data: bytes, cuts: list[int], decisions: list[bool], utf8: bool,
                                    minus: bool) -> None:
-    r = CommandReader(max_line=120, max_literal=64, max_command=400, max_literal_discard=200)
-    r.utf8_accept, r.literal_minus = utf8, minus
+    def reader() -> CommandReader:
+        r = CommandReader(max_line=120, max_literal=64, max_command=400, max_literal_discard=200)
+        r.utf8_accept, r.literal_minus = utf8, minus
+        return r
+
+    r = reader()
     events = feed_chunked(r, data, cuts, decisions)
     assert all(isinstance(e, EVENT_TYPES) for e in events)
     assert r.buffered() <= len(data)
+    assert feed_chunked(reader(), data, [], decisions) == events, "the chunking changed the result"
     for e in events:
         if isinstance(e, Bad):
             assert e.text

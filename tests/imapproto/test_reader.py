@@ -83,11 +83,11 @@ def test_append_literal_is_the_sessions_decision_up_to_max_command() -> None:
     assert evs == [NeedLiteral("a", "APPEND", 5000, False, False)]
     r = CommandReader(max_literal=100, max_command=10_000)
     evs = run(r, [b"a APPEND INBOX {20000}\r\n"])
-    assert evs == [Bad("a", "Literal too big", "TOOBIG")]
+    assert evs == [Bad("a", "Literal too big", "TOOBIG", "NO")]  # RFC 7889 §4: NO [TOOBIG]
     # the whole command counts: two literals that together pass max_command
     r = CommandReader(max_command=10_000)
     evs = run(r, [b"a APPEND INBOX {6000}\r\n", b"x" * 6000 + b" {6000}\r\n"])
-    assert evs[-1] == Bad("a", "Literal too big", "TOOBIG")
+    assert evs[-1] == Bad("a", "Literal too big", "TOOBIG", "NO")
 
 
 def test_literal_minus_refuses_nonsync_over_4096() -> None:
@@ -113,6 +113,15 @@ def test_overlong_line_is_bad_with_the_tag_and_the_reader_resynchronises() -> No
     evs = run(r, [b"a1 SEARCH " + b"SEEN " * 100, b"SEEN\r\nb NOOP\r\n"])
     assert evs == [Bad("a1", "Line too long"), Command("b", "NOOP")]
     assert r.buffered() == 0
+
+
+def test_overlong_tag_gives_the_same_answer_however_the_line_arrives() -> None:
+    """Found by atheris: a tag longer than max_line was read whole from one big read but not from
+    small ones.  Only the first max_line octets count now."""
+    data = b"x" * 300 + b" NOOP\r\nb NOOP\r\n"
+    whole = run(CommandReader(max_line=256), [data])
+    assert whole == [Bad(None, "Line too long"), Command("b", "NOOP")]
+    assert run(CommandReader(max_line=256), [data[i:i + 2] for i in range(0, len(data), 2)]) == whole
 
 
 def test_overlong_line_ending_in_a_nonsync_literal_skips_the_literal_too() -> None:

@@ -54,6 +54,8 @@ def test_store_and_expunge_in_two_threads(store: MailStore, root: Path) -> None:
     assert all(set(r.flags) == {"\\Seen", "$Done"} for r in box.records(list(st.uids)))
     assert len(os.listdir(root / "cur")) == len(st.uids)
     assert all(n.endswith(":2,S") for n in os.listdir(root / "cur"))  # every rename happened
+    status = store.status("INBOX")  # the maintained counters agree with the rows
+    assert (status.messages, status.unseen, status.deleted) == (len(st.uids), 0, 0)
     other._store.close()
 
 

@@ -67,3 +67,22 @@ def test_warning_once_per_crossing(tmp_path: Path) -> None:
     text = warning_message("a@x.test", (0, 9), limits, "postmaster@x.test")
     assert b"Subject: Your mailbox is almost full" in text and b"Messages: 9 of 10 (90 %)" in text
     assert b"\r\n" not in text
+
+
+@pytest.mark.root
+def test_usage_read_by_another_user_creates_no_files(tmp_path: Path) -> None:
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root (run the suite as root, as CI does)")
+    root = tmp_path / "example.test" / "odd%2F.name#1"  # URI-special characters in the path
+    s = MailStore.open(root)
+    s.mailbox("INBOX").append(MSG)
+    s.close()
+    nobody = pwd.getpwnam("nobody")
+    for p in [root, *root.iterdir()]:
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+    before = sorted(os.listdir(root))
+    assert usage(root) == (len(MSG) + MSG.count(b"\n"), 1)  # as root, like `appliance status`
+    assert sorted(os.listdir(root)) == before  # no root-owned -wal/-shm that the service could not open

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.mailstore import MailStore
+from appliance.mailstore import MailStore, MailstoreError
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
 from appliance.mailstore.store import Mailstore
 from tests.mailstore.conftest import SPECIALS, deliver
@@ -52,6 +52,9 @@ def test_deleted_index_rebuilt_with_same_uids(store: MailStore, root: Path) -> N
     assert after["inbox"][4] == before["inbox"][4]  # standard flags come back from the file names
     box = again.mailbox("INBOX")
     assert box.state().highestmodseq > hms  # RFC 7162: MODSEQs never go back
+    recs = box.records_range([(1, 10)])
+    st = again.status("INBOX")
+    assert (st.messages, st.unseen, st.deleted) == (4, sum("\\Seen" not in r.flags for r in recs), 0)
     assert box.append(MSG) == 6  # never 5 again
     assert again.mailbox("Work").records([1])[0].flags == ("\\Answered",)
     assert again.subscriptions() >= {"INBOX", "Sent"}
@@ -101,10 +104,18 @@ def test_old_uidlist_store_migrated_once(root: Path) -> None:
     assert box.append(MSG) == u + 1
     box.store([1], "add", ["later"])
     new.close()
-    # Once: the old list is not read again (a change made since survives a reopen).
+    # Once: the old list is not read again (a change made since survives a reopen, and a rebuild).
     again = MailStore.open(root, SPECIALS, "Outbox")
     assert again.mailbox("INBOX").records([1])[0].flags == ("later",)
     again.close()
+    assert not (root / "appliance-uidlist").exists()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
+    rebuilt = MailStore.open(root, SPECIALS, "Outbox")
+    box = rebuilt.mailbox("INBOX")
+    assert box.uidvalidity == validity and list(box.state().uids) == [1, 2, u, u + 1]
+    assert box.records([2])[0].flags == ("\\Seen",)  # keywords live in the index only now
+    rebuilt.close()
 
 
 def test_folder_made_by_another_tool_is_imported(store: MailStore, root: Path) -> None:
@@ -136,3 +147,33 @@ def test_file_committed_but_not_renamed_is_found(store: MailStore, root: Path) -
     assert box.sync() is False  # not indexed twice
     assert list(box.state().uids) == [uid, uid + 1]
     assert box.read(uid + 1) == MSG.replace(b"\n", b"\r\n")
+
+
+def test_corruption_found_later_is_refused_cleanly_then_rebuilt(root: Path) -> None:
+    from appliance.mailstore import open_store
+    from appliance.mailstore.cache import close_all
+
+    s = open_store(root)
+    box = s.mailbox("INBOX")
+    for _ in range(3000):
+        deliver(root, MSG)
+    box.sync()
+    uidvalidity = box.uidvalidity
+    close_all()
+    size = (root / INDEX_FILE).stat().st_size
+    assert size > 16 * 4096 and not Path(str(root / INDEX_FILE) + "-wal").exists()  # all in the main file
+    with open(root / INDEX_FILE, "r+b") as fh:  # damage the middle, keep the header readable
+        fh.seek(size // 2)
+        fh.write(os.urandom(8 * 4096))
+    count = REBUILDS.value
+    s = open_store(root)
+    with pytest.raises(MailstoreError) as err:
+        for _ in range(3):
+            s.mailbox("INBOX").records_range([(1, 3000)])
+            s.mailbox("INBOX").state()
+    assert err.value.code == "SERVERBUG"
+    again = open_store(root)  # the damaged store is replaced, the index rebuilt from the files
+    assert again is not s and REBUILDS.value == count + 1
+    rebuilt = again.mailbox("INBOX")
+    assert rebuilt.uidvalidity == uidvalidity and list(rebuilt.state().uids) == list(range(1, 3001))
+    close_all()

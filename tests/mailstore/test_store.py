@@ -320,3 +320,50 @@ def test_warm_state_follows_changes_made_elsewhere(store: MailStore, root: Path)
         fresh.close()
     assert list(box.state().uids) == [u for u in range(1, 21) if u not in (3, 7)]
     other.close()
+
+
+def test_uids_with_and_counters_after_every_kind_of_change(store: MailStore, root: Path) -> None:
+    box = store.mailbox("INBOX")
+    for _ in range(6):
+        deliver(root, MSG)
+    box.sync()
+    box.append(MSG, ["\\Seen", "\\Deleted"])
+    box.store([1, 2], "add", ["\\Seen"])
+    box.store([2, 3], "add", ["\\Deleted", "\\Flagged"])
+    box.store([3], "remove", ["\\Deleted"])
+    assert list(box.uids_with(absent=["\\Seen"])) == [3, 4, 5, 6]
+    assert list(box.uids_with(present=["\\Deleted"])) == [2, 7]
+    assert list(box.uids_with(present=["\\Seen", "\\Deleted"])) == [2, 7]
+
+    def check() -> None:
+        recs = box.records_range([(1, 100)])
+        st = store.status("INBOX")
+        assert st.unseen == sum("\\Seen" not in r.flags for r in recs) == box.unseen_count()
+        assert st.deleted == sum("\\Deleted" in r.flags for r in recs)
+        assert st.messages == len(recs)
+
+    check()
+    box.copy_to([2, 3], box)  # COPY into the same mailbox
+    check()
+    box.expunge()
+    check()
+    name = next(n for n in os.listdir(root / "cur") if ",U=4:" in n)
+    os.rename(root / "cur" / name, root / "cur" / (name + "S"))
+    box.rescan()
+    check()
+    assert box.uids_with(absent=["\\Seen"]).tolist() == [3, 5, 6, 9]
+
+
+def test_append_and_copy_into_a_deleted_mailbox_are_refused(store: MailStore, root: Path) -> None:
+    store.create("Gone")
+    gone = store.mailbox("Gone")
+    inbox = store.mailbox("INBOX")
+    uid = inbox.append(MSG)
+    store.delete("Gone")
+    with pytest.raises(MailstoreError) as err:
+        gone.append(MSG)
+    assert err.value.code == "NONEXISTENT"
+    with pytest.raises(MailstoreError) as err:
+        inbox.copy_to([uid], gone)
+    assert err.value.code == "TRYCREATE"
+    assert inbox.state().exists == 1

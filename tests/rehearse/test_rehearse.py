@@ -25,6 +25,6 @@ def test_a_fresh_minbase_tree_passes_the_peer_check_after_the_readme_setup() -> 
     assert re.search(r"^peercheck: all \d+ probes passed$", out, re.M), out[-6000:]
     assert not re.search(r"^peer \S+: ", out, re.M), out[-6000:]
     # The stage times and the download sizes are printed for docs/testing.md.
-    assert re.search(r"^rehearse: stages: minbase \d+s source \d+s bootstrap \d+s deps \d+s peers \d+s; total \d+s$",
+    assert re.search(r"^rehearse: stages: minbase \d+s source \d+s bootstrap \d+s deps \d+s venv \d+s peers \d+s; total \d+s$",
                      out, re.M), out[-3000:]
     assert re.search(r"^rehearse: downloaded: apt \d+ MB", out, re.M), out[-3000:]

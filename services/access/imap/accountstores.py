@@ -21,13 +21,11 @@ def _open(backend: Any, account: Any) -> Any:
         cfg = backend.cfg
         store = open_store(maildir_path(cfg.paths.mail_dir, account.address), cfg.access.special_folders,
                            cfg.access.outbox)
-    if getattr(store, "quota", None) is None:
-        try:
-            from appliance.mailstore.quota import limits_for
+    # The account's quota as it is now (`appliance user quota` may have changed it since the
+    # shared store was opened): its own override, else its limit class's.
+    from appliance.mailstore.quota import limits_for
 
-            store.quota = limits_for(account, backend.cfg.limits.classes)
-        except (ImportError, AttributeError):
-            pass  # no quota configuration: unlimited
+    store.quota = limits_for(account, backend.cfg.limits.classes)
     return store
 
 

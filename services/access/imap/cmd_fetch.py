@@ -11,6 +11,7 @@ buffer (issue 13 item 4). ENVELOPE and BODYSTRUCTURE go through the index's cach
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from typing import Any
 
 from services.access.imap import storeio
@@ -18,10 +19,7 @@ from services.access.imap.dispatch import ONLY_SELECTED, command
 from services.access.imap.errors import Bad, Done, No
 from services.access.imap.selected import flag_list, seqset
 from services.access.imap.session import Session
-from services.access.imapmsg import binary as msg_binary
-from services.access.imapmsg import bodystructure as msg_bodystructure
-from services.access.imapmsg import envelope as msg_envelope
-from services.access.imapmsg import section as msg_section
+from services.access.imapmsg import Message
 from services.access.imapproto.types import FetchAtt, Section
 
 BATCH_BYTES = 256 * 1024  # output built per worker-thread step (then drained)
@@ -71,21 +69,26 @@ def _partial(content: bytes, att: FetchAtt) -> tuple[bytes, bytes]:
 
 
 class _Message:
-    """One message while its FETCH response is built (the data is read at most once)."""
+    """One message while its FETCH response is built: its bytes are read, and its MIME tree
+    parsed, at most once whatever the number of items asked for."""
 
     def __init__(self, mbox: Any, rec: Any) -> None:
         self.mbox, self.rec = mbox, rec
-        self._data: bytes | None = None
+        self._msg: Message | None = None
+
+    @property
+    def msg(self) -> Message:
+        if self._msg is None:
+            self._msg = Message(self.mbox.read(self.rec.uid))
+        return self._msg
 
     def data(self) -> bytes:
-        if self._data is None:
-            self._data = self.mbox.read(self.rec.uid)
-        return self._data
+        return self.msg.data
 
     def cached(self, key: str, build: Any) -> bytes:
         value = self.mbox.cache_get(self.rec.uid, key)
         if value is None:
-            value = build(self.data())
+            value = build(self.msg)
             self.mbox.cache_put(self.rec.uid, key, value)
         return value
 
@@ -103,21 +106,21 @@ def _item(m: _Message, att: FetchAtt, flags: list[str]) -> bytes:
     if name == "MODSEQ":
         return b"MODSEQ (%d)" % rec.modseq
     if name == "ENVELOPE":
-        return b"ENVELOPE " + m.cached("envelope", msg_envelope)
+        return b"ENVELOPE " + m.cached("envelope", lambda msg: msg.envelope())
     if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + m.cached("bodystructure", lambda d: msg_bodystructure(d, True))
+        return b"BODYSTRUCTURE " + m.cached("bodystructure", lambda msg: msg.bodystructure(True))
     if name == "BODY" and att.section is None:
-        return b"BODY " + m.cached("body", lambda d: msg_bodystructure(d, False))
+        return b"BODY " + m.cached("body", lambda msg: msg.bodystructure(False))
     if name == "RFC822":
         return b"RFC822 " + literal(m.data())
     if name in ("RFC822.HEADER", "RFC822.TEXT"):
         sec = Section(text="HEADER" if name == "RFC822.HEADER" else "TEXT")
-        return name.encode() + b" " + literal(msg_section(m.data(), sec) or b"")
+        return name.encode() + b" " + literal(m.msg.section(sec) or b"")
     sec = att.section or Section()
     if name == "BODY":
-        origin, content = _partial(msg_section(m.data(), sec) or b"", att)
+        origin, content = _partial(m.msg.section(sec) or b"", att)  # no such part: "" (RFC 9051 §6.4.5)
         return b"BODY[" + section_spec(sec) + b"]" + origin + b" " + literal(content)
-    decoded = msg_binary(m.data(), sec)
+    decoded = m.msg.binary(sec)
     if decoded is None:
         raise UnknownCte()
     spec = ".".join(str(p) for p in sec.part).encode()
@@ -127,12 +130,44 @@ def _item(m: _Message, att: FetchAtt, flags: list[str]) -> bytes:
     return b"BINARY[" + spec + b"]" + origin + b" " + literal(content, binary=True)
 
 
+# Items answered from the index row alone: built without a per-message object (FETCH 1:* (UID FLAGS)
+# over 100,000 messages is the common case of a client opening a mailbox, issue 13).
+_META_ITEMS = {
+    "UID": lambda rec, recent: b"UID %d" % rec.uid,
+    "FLAGS": lambda rec, recent: flags_item(rec.flags, rec.uid in recent),
+    "INTERNALDATE": lambda rec, recent: b"INTERNALDATE " + imap_date(rec.internaldate),
+    "RFC822.SIZE": lambda rec, recent: b"RFC822.SIZE %d" % rec.size,
+    "MODSEQ": lambda rec, recent: b"MODSEQ (%d)" % rec.modseq,
+}
+_flag_items: dict[tuple[tuple[str, ...], bool], bytes] = {}
+
+
+def flags_item(flags: tuple[str, ...], recent: bool) -> bytes:
+    """b"FLAGS (...)" for a record's flags, memoised (a mailbox has few distinct combinations)."""
+    key = (flags, recent)
+    got = _flag_items.get(key)
+    if got is None:
+        got = b"FLAGS " + flag_list([*flags, "\\Recent"] if recent else flags)
+        if len(_flag_items) < 4096:
+            _flag_items[key] = got
+    return got
+
+
+def _read(mbox: Any, chunk: list[int]) -> list[Any]:
+    """The records of CHUNK (ascending UIDs): one range scan when they are dense (1:*), else by key."""
+    if chunk and chunk[-1] - chunk[0] < 2 * len(chunk):
+        wanted = set(chunk)
+        return [r for r in mbox.records_range([(chunk[0], chunk[-1])]) if r.uid in wanted]
+    return mbox.records(chunk)
+
+
 def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], seen: bool, changedsince: int | None,
-           recent: set[int]) -> tuple[list[tuple[int, bytes]], int, list[Any]]:
-    """In a worker thread: FETCH responses for UIDS[POS:...] up to BATCH_BYTES; (responses, next pos, records
-    whose flags this FETCH changed)."""
+           recent: set[int], view: Any) -> tuple[bytes, int, list[Any]]:
+    """In a worker thread: the FETCH responses for UIDS[POS:...] up to BATCH_BYTES, as one block of bytes
+    (numbered from VIEW, the session's UID array, which no command changes while FETCH runs: RFC 9051
+    §7.5.1 keeps expunges out of FETCH); (responses, next pos, records whose flags this FETCH changed)."""
     chunk = uids[pos:pos + BATCH_RECORDS]
-    records = mbox.records(chunk)
+    records = _read(mbox, chunk)
     if changedsince is not None:
         records = [r for r in records if r.modseq > changedsince]
     changed: list[Any] = []
@@ -145,25 +180,34 @@ def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], see
             records = [by_uid.get(r.uid, r) for r in records]
     flag_changed = {r.uid for r in changed}
     wants_flags = any(a.name == "FLAGS" for a in atts)
-    out: list[tuple[int, bytes]] = []
+    meta = [_META_ITEMS.get(a.name) for a in atts]
+    meta_only = None not in meta and not flag_changed
+    out: list[bytes] = []
     size = 0
+    hint = 0
     for rec in records:
         from appliance.mailstore import MailstoreError
 
-        flags = list(rec.flags) + (["\\Recent"] if rec.uid in recent else [])
-        m = _Message(mbox, rec)
-        try:
-            items = [_item(m, att, flags) for att in atts]
-        except MailstoreError:
-            continue  # expunged meanwhile: reported at the next command that may
-        if rec.uid in flag_changed and not wants_flags:
-            items.append(b"FLAGS " + flag_list(flags))  # RFC 9051 §6.4.5: the new \Seen is reported
-        body = b" ".join(items)
-        out.append((rec.uid, body))
+        hint = bisect_left(view, rec.uid, hint)
+        if hint >= len(view) or view[hint] != rec.uid:
+            continue  # not in the session's view
+        if meta_only:
+            body = b" ".join([f(rec, recent) for f in meta])  # type: ignore[misc]
+        else:
+            flags = list(rec.flags) + (["\\Recent"] if rec.uid in recent else [])
+            m = _Message(mbox, rec)
+            try:
+                items = [_item(m, att, flags) for att in atts]
+            except MailstoreError:
+                continue  # expunged meanwhile: reported at the next command that may
+            if rec.uid in flag_changed and not wants_flags:
+                items.append(b"FLAGS " + flag_list(flags))  # RFC 9051 §6.4.5: the new \\Seen is reported
+            body = b" ".join(items)
+        out.append(b"* %d FETCH (%b)\r\n" % (hint + 1, body))
         size += len(body)
         if size >= BATCH_BYTES:
-            return out, pos + chunk.index(rec.uid) + 1, changed
-    return out, pos + len(chunk), changed
+            return b"".join(out), pos + chunk.index(rec.uid) + 1, changed
+    return b"".join(out), pos + len(chunk), changed
 
 
 @command("FETCH", ONLY_SELECTED, uid=True, expunge_ok=False)
@@ -196,7 +240,7 @@ async def fetch(s: Session, cmd: Any) -> Done:
     while pos < len(uids):
         try:
             out, pos, changed = await storeio.run(_batch, sel.mailbox, uids, pos, atts, seen, a.changedsince,
-                                                  set(sel.recent))
+                                                  set(sel.recent), sel.uids)
         except UnknownCte:
             raise No("unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
         if s.sel is not sel or s.closed:
@@ -204,10 +248,8 @@ async def fetch(s: Session, cmd: Any) -> Done:
         for r in changed:
             sel.own[r.uid] = r.modseq
             flagged_any = True
-        for uid, body in out:
-            seq = sel.seq_of(uid)
-            if seq is not None:
-                s.write(b"* %d FETCH (" % seq + body + b")\r\n")
+        if out:
+            s.write(out)  # one write per batch: the TLS layer's cost is per call, not per byte
         await s.conn.drain()
     if flagged_any:
         s.notify_others()

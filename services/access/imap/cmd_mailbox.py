@@ -89,12 +89,13 @@ def _gather(store: Any, a: Any, rxs: list[re.Pattern[str]], append_limit: int) -
         seen.add(name)
     if sel_sub and "RECURSIVEMATCH" in a.select_opts:
         # RFC 5258 §3.5: a parent that does not match SUBSCRIBED itself but has a subscribed
-        # descendant is listed with CHILDINFO ("SUBSCRIBED").
-        for name in names:
+        # descendant is listed with CHILDINFO ("SUBSCRIBED"), even if it does not exist.
+        parents = sorted({sub[:i] for sub in subs for i, ch in enumerate(sub) if ch == DELIMITER})
+        for name in parents:
             if name in seen or not any(_matches(rx, name) for rx in rxs):
                 continue
-            if any(sub.startswith(name + DELIMITER) for sub in subs):
-                out.append((name, list(store.attributes(name)), b' ("CHILDINFO" ("SUBSCRIBED"))', None))
+            attrs = list(store.attributes(name)) if name in existing else ["\\NonExistent"]
+            out.append((name, attrs, b' ("CHILDINFO" ("SUBSCRIBED"))', None))
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from services.access.imap import storeio
 from services.access.imap.dispatch import ONLY_SELECTED, command
 from services.access.imap.errors import Done
-from services.access.imap.searchviews import evaluate, has_modseq
+from services.access.imap.searchviews import evaluate, flag_search, flag_terms, has_modseq
 from services.access.imap.selected import seqset
 from services.access.imap.session import Session
 
@@ -30,15 +30,21 @@ async def search(s: Session, cmd: Any) -> Done:
     modseq = has_modseq(a.key)
     if modseq:
         s.condstore = True
-    hits, views = await storeio.run(evaluate, sel, a.key)
-    uids = [v.uid for v in hits]
-    highest = max((v.modseq for v in hits), default=0)
-    if a.ret is None:
+    terms = None if modseq else flag_terms(a.key)
+    if terms is not None:
+        uids = await storeio.run(flag_search, sel, *terms)
+        highest = 0
+    else:
+        hits, _ = await storeio.run(evaluate, sel, a.key)
+        uids = [v.uid for v in hits]
+        highest = max((v.modseq for v in hits), default=0)
+    # RFC 9051 §6.4.4 / §7.1: after ENABLE IMAP4rev2 every SEARCH answers ESEARCH (RETURN () = ALL).
+    if a.ret is None and not s.rev2:
         nums = _numbers(s, uids, cmd.uid)
         tail = b" (MODSEQ %d)" % highest if modseq and nums else b""
-        s.write(b"* SEARCH" + b"".join(b" %d" % n for n in nums) + tail + b"\r\n")
+        s.write(b"* SEARCH" + (b" " + " ".join(map(str, nums)).encode() if nums else b"") + tail + b"\r\n")
         return Done("SEARCH completed")
-    ret = set(a.ret) or {"ALL"}
+    ret = set(a.ret or ()) or {"ALL"}
     if "SAVE" in ret:
         # RFC 5182 §2.4: with MIN and/or MAX only, just those are saved.
         if ret & {"MIN", "MAX"} and not ret & {"ALL", "COUNT"}:
@@ -79,7 +85,7 @@ async def sort(s: Session, cmd: Any) -> Done:
     a = cmd.args
 
     def run() -> list[int]:
-        from services.access.imapmsg import sort as msg_sort
+        from services.access.imapmsg.sort import sort as msg_sort
 
         hits, _ = evaluate(sel, a.key)
         return list(msg_sort(hits, a.criteria))
@@ -91,9 +97,20 @@ async def sort(s: Session, cmd: Any) -> Done:
 
 
 def _renumber(tree: Any, to_seq: Any) -> Any:
+    """UIDs -> sequence numbers in a nested thread tree, iteratively (a 10,000-deep reply chain
+    must not hit Python's recursion limit)."""
     if isinstance(tree, int):
         return to_seq(tree)
-    return type(tree)(_renumber(t, to_seq) for t in tree)
+    order: list[Any] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(x for x in node if not isinstance(x, int))
+    done: dict[int, Any] = {}
+    for node in reversed(order):  # children before parents
+        done[id(node)] = type(node)(to_seq(x) if isinstance(x, int) else done[id(x)] for x in node)
+    return done[id(tree)]
 
 
 @command("THREAD", ONLY_SELECTED, uid=True, expunge_ok=False)
@@ -103,7 +120,7 @@ async def thread(s: Session, cmd: Any) -> Done:
     a = cmd.args
 
     def run() -> Any:
-        from services.access.imapmsg import thread as msg_thread
+        from services.access.imapmsg.thread import thread as msg_thread
 
         hits, _ = evaluate(sel, a.key)
         return msg_thread(hits, a.algorithm)
@@ -111,7 +128,7 @@ async def thread(s: Session, cmd: Any) -> Done:
     tree = await storeio.run(run)
     if not cmd.uid:
         tree = _renumber(tree, lambda u: sel.seq_of(u) or 0)
-    from services.access.imapmsg import serialize_thread
+    from services.access.imapmsg.thread import serialize_thread
 
     out = serialize_thread(tree)
     if isinstance(out, str):

@@ -22,7 +22,7 @@ SYSTEM_FLAGS = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
 def _open(mbox: Any, readonly: bool, qresync: Any) -> tuple[Any, list[int], list[str], int | None, Any]:
     """In a worker thread: everything SELECT reports."""
     mbox.sync()
-    state = mbox.state()
+    state = mbox.state(shared=True)  # read-only: Selected copies it before changing it
     recent = [] if readonly else list(mbox.claim_recent())
     keywords = list(mbox.keywords())
     unseen = mbox.unseen_first()
@@ -47,9 +47,9 @@ async def _select(s: Session, cmd: Any, readonly: bool) -> Done:
         raise Bad("QRESYNC is not enabled")
     if s.sel is not None:
         # RFC 9051 §6.3.2: the current mailbox is deselected first (no expunge), even if this
-        # SELECT fails; RFC 7162 §3.2.11 / RFC 9051 say so with [CLOSED].
-        if s.qresync or s.rev2:
-            s.untagged("OK [CLOSED] Previous mailbox closed")
+        # SELECT fails; RFC 7162 §3.2.11 / RFC 9051 §7.1 say so with [CLOSED] (sent always, as
+        # Dovecot does: an IMAP4rev1 client ignores a response code it does not know).
+        s.untagged("OK [CLOSED] Previous mailbox closed")
         s.select(None)
     if a.condstore:
         s.condstore = True  # RFC 7162 §3.1.8

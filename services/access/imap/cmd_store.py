@@ -56,7 +56,7 @@ async def store(s: Session, cmd: Any) -> Done:
             seq = sel.seq_of(rec.uid)
             if seq is not None:
                 s.write(sel.fetch_flags(seq, rec, uid=cmd.uid or s.qresync, modseq=s.condstore))
-    elif s.condstore and a.unchangedsince is not None:
+    elif s.condstore:
         # RFC 7162 §3.1.3: even with .SILENT the new MODSEQ of each changed message is reported.
         for rec in result.changed:
             seq = sel.seq_of(rec.uid)

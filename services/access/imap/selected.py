@@ -15,6 +15,7 @@ the points the RFCs allow:
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,11 @@ class Selected:
         self.name = name
         self.readonly = readonly
         self.uidvalidity: int = mailbox.uidvalidity
-        self.uids: list[int] = list(state.uids)
+        # 4 bytes a message (UIDs are 32-bit, RFC 9051 §2.3.1.1), not a list of int objects (~36),
+        # and shared with the store's snapshot (state(shared=True)) until this view changes: 200
+        # sessions on 100,000-message mailboxes stay within the RSS target (issue 13).
+        self.uids: array[int] = state.uids
+        self._shared_uids = True
         self.uidnext: int = state.uidnext
         self.modseq: int = state.highestmodseq
         self.recent: set[int] = set(recent)
@@ -109,25 +114,29 @@ class Selected:
 
     # --- updates -------------------------------------------------------------------------
 
+    def _own_uids(self) -> None:
+        """Copy on write: the UID array may be the store's shared snapshot."""
+        if self._shared_uids:
+            self.uids = array("I", self.uids)
+            self._shared_uids = False
+
     def gather(self, sync: bool) -> Changes:
-        """In a worker thread: the store's state against this view's."""
+        """In a worker thread: what changed in the store since this view's MODSEQ.
+
+        O(changes), not O(mailbox): new messages, flag changes and expunges all carry a
+        MODSEQ above the last one seen (RFC 7162 §3.1.1; the index keeps expunged UIDs with
+        theirs), so one indexed query finds them.
+        """
         mb = self.mailbox
         if sync:
-            mb.sync()
-        state = mb.state()
+            mb.sync()  # pick up what the relay put in new/ (reads new/ only)
+        changed, expunged = mb.changes_since(self.modseq)
         last = self.uids[-1] if self.uids else 0
-        all_uids = state.uids
-        new = list(all_uids[bisect_right(all_uids, last):]) if len(all_uids) else []
-        changed: list[Any] = []
-        expunged: list[int] = []
-        if state.highestmodseq != self.modseq:
-            changed, expunged = mb.changes_since(self.modseq)
-        elif len(all_uids) - len(new) != len(self.uids) - len(self.held):
-            # Something vanished without a MODSEQ change (an outside Maildir tool): compare.
-            have = set(all_uids)
-            expunged = [u for u in self.uids if u not in have]
+        new = sorted(r.uid for r in changed if r.uid > last)
+        highest = max([self.modseq, *(r.modseq for r in changed)])
         recent = mb.claim_recent() if (new and not self.readonly) else []
-        return Changes(state.highestmodseq, state.uidnext, new, list(expunged), list(changed), list(recent))
+        uidnext = new[-1] + 1 if new else self.uidnext
+        return Changes(highest, uidnext, new, list(expunged), list(changed), list(recent))
 
     def apply(self, ch: Changes, *, allow_expunge: bool, condstore: bool, qresync: bool,
               rev2: bool) -> list[bytes]:
@@ -140,6 +149,7 @@ class Selected:
             self.held.clear()
         new = [u for u in ch.new if not self.uids or u > self.uids[-1]]
         if new:
+            self._own_uids()
             self.uids.extend(new)
             self.recent.update(ch.recent)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
@@ -161,6 +171,7 @@ class Selected:
 
     def _report_expunges(self, uids: list[int], qresync: bool) -> list[bytes]:
         out: list[bytes] = []
+        self._own_uids()
         if qresync:
             for u in uids:
                 i = bisect_left(self.uids, u)

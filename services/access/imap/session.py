@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.python import log
 
+from appliance.mailstore import MailstoreError
 from services.access.imap import metrics, storeio
 from services.access.imap.dispatch import (
     AUTHENTICATED,
@@ -34,6 +35,7 @@ MAX_PENDING_INPUT = 256 * 1024
 # Literals outside APPEND (a LOGIN password, a SEARCH string) are small.
 MAX_OTHER_LITERAL = 64 * 1024
 MAX_LINE = 64 * 1024
+MAX_PREAUTH_COMMAND = 256 * 1024  # a whole command before login (LOGIN with literals, ID)
 # Commands after which new mail is looked for (they exist for it, RFC 9051 §6.1.2, §6.4.1).
 POLL_COMMANDS = frozenset({"NOOP", "CHECK"})
 IDENT = "ISP Mail Appliance ready"
@@ -73,12 +75,12 @@ class Session:
         self.backend = backend
         cfg = backend.cfg
         self.append_limit: int = getattr(cfg.access, "append_limit", 0) or cfg.relay.max_message_size
-        self.reader = self._new_reader()
         self.state = NOT_AUTHENTICATED
+        self.enabled: set[str] = set()
+        self.reader = self._new_reader()
         self.account: Any = None
         self.store: Any = None  # the account's MailStore
         self.sel: Selected | None = None
-        self.enabled: set[str] = set()
         self.condstore = False  # RFC 7162 §3.1: on after ENABLE or the first CONDSTORE-using command
         self.busy = False
         self.closed = False
@@ -144,12 +146,18 @@ class Session:
     # --- input --------------------------------------------------------------------------
 
     def _new_reader(self) -> Any:
-        reader = imapparser.CommandReader(max_line=MAX_LINE, max_literal=self.append_limit,
-                                          max_command=self.append_limit + (1 << 20))
-        if hasattr(self, "enabled") and self.rev2:
+        # APPEND literals are judged against APPENDLIMIT (here, before "+"); the reader itself
+        # refuses other literals over MAX_OTHER_LITERAL and commands over its max_command:
+        # small before login (nothing there needs more), APPENDLIMIT + 1 MiB after.
+        reader = imapparser.CommandReader(max_line=MAX_LINE, max_literal=MAX_OTHER_LITERAL,
+                                          max_command=self._max_command())
+        if self.rev2:
             reader.utf8_accept = True
             reader.imap4rev2 = True
         return reader
+
+    def _max_command(self) -> int:
+        return self.append_limit + (1 << 20) if self.state != NOT_AUTHENTICATED else MAX_PREAUTH_COMMAND
 
     def discard_input(self) -> None:
         """STARTTLS: what was pipelined in plaintext must not run inside TLS (RFC 9051 §6.2.1)."""
@@ -203,9 +211,11 @@ class Session:
                 metrics.COMMANDS.labels("APPEND", "NO").inc()
                 self.tagged(ev.tag, "NO", ev.text, "TOOBIG")
             else:
-                metrics.COMMANDS.labels("(syntax)", "BAD").inc()
+                # The parser says NO for a well-formed command it cannot carry out (bad mUTF-7 name).
+                status = getattr(ev, "status", "BAD") if ev.tag else "BAD"
+                metrics.COMMANDS.labels("(syntax)", status).inc()
                 code = f"[{ev.code}] " if ev.code else ""
-                self.write(f"{ev.tag or '*'} BAD {code}{ev.text}\r\n".encode("utf-8", "replace"))
+                self.write(f"{ev.tag or '*'} {status} {code}{ev.text}\r\n".encode("utf-8", "replace"))
         elif isinstance(ev, imapparser.Fatal):
             self.bye(ev.text)
         else:
@@ -213,10 +223,10 @@ class Session:
 
     def _literal(self, ev: Any) -> None:
         """Accept or refuse a literal before its bytes arrive (RFC 7888 §4, RFC 7889 §4)."""
-        if ev.command == "APPEND":
+        if self.state == NOT_AUTHENTICATED and ev.command not in ("LOGIN", "AUTHENTICATE", "ID"):
+            limit, code = 0, "CLIENTBUG"  # nothing else takes a literal before login
+        elif ev.command == "APPEND":
             limit, code = self.append_limit, "TOOBIG"
-        elif self.state == NOT_AUTHENTICATED and ev.command not in ("LOGIN", "AUTHENTICATE", "ID"):
-            limit, code = 0, "CLIENTBUG"
         else:
             limit, code = MAX_OTHER_LITERAL, "TOOBIG"
         if ev.size > limit:
@@ -248,7 +258,6 @@ class Session:
         d.addBoth(self._finished)
 
     async def _execute(self, spec: Any, cmd: Any) -> None:
-        from appliance.mailstore import MailstoreError
         from services.access.imapmsg.search import SearchError
 
         status, code, text = "OK", None, f"{cmd.name} completed"
@@ -274,9 +283,11 @@ class Session:
         if self.closed:
             return
         if self.sel is not None and cmd.name not in ("LOGOUT", "SELECT", "EXAMINE"):
-            if self.sel.dirty or cmd.name in POLL_COMMANDS:
+            allow = spec.expunge_ok or cmd.uid
+            # Held expunges are reported at the first command that may report them.
+            if self.sel.dirty or cmd.name in POLL_COMMANDS or (allow and self.sel.held):
                 try:
-                    await self.refresh(spec.expunge_ok or cmd.uid, sync=cmd.name in POLL_COMMANDS)
+                    await self.refresh(allow, sync=cmd.name in POLL_COMMANDS)
                 except Exception:
                     log.err(None, "imap: refresh failed")
         metrics.COMMANDS.labels(cmd.name, status).inc()
@@ -290,6 +301,19 @@ class Session:
         self.bye("internal error", "SERVERBUG")
 
     def _finished(self, _: Any) -> None:
+        if self.closed:
+            self.busy = False
+            return
+        # A client that pipelines without reading our answers would make them pile up in
+        # the transport: the next command runs only once the output has drained.
+        drained = self.conn.drain()
+        if drained.called:
+            self._next()
+        else:
+            self.conn.pause_input()
+            drained.addCallback(lambda _: self._next())
+
+    def _next(self) -> None:
         self.busy = False
         if not self.closed:
             self.pump()
@@ -300,6 +324,7 @@ class Session:
         self.account = account
         self.store = store
         self.state = AUTHENTICATED
+        self.reader.max_command = self._max_command()  # APPEND may now bring APPENDLIMIT
         self.conn.authenticated()  # RFC 9051 §5.4: the autologout timer becomes 30 minutes
 
     def select(self, sel: Selected | None) -> None:
@@ -309,10 +334,10 @@ class Session:
         if sel is None:
             if self.state == SELECTED:
                 self.state = AUTHENTICATED
-            return
-        HUB.join(key_of(self.store.root, sel.name), sel.mailbox, self)
+        else:
+            HUB.join(key_of(self.store.root, sel.name), sel.mailbox, self)
+            self.state = SELECTED
         metrics.WATCHED.set(HUB.watching())
-        self.state = SELECTED
 
     def notify_others(self, name: str | None = None) -> None:
         """This session changed mailbox NAME (default: the selected one): wake the others."""
@@ -339,7 +364,15 @@ class Session:
             if sel is None:
                 return
             sel.dirty = False
-            ch = await storeio.run(sel.gather, sync)
+            try:
+                ch = await storeio.run(sel.gather, sync)
+            except MailstoreError as exc:
+                if exc.code != "NONEXISTENT":
+                    raise
+                # The selected mailbox was deleted (or renamed) by another session: nothing here
+                # can be answered any more (RFC 9051 §7.1.5 BYE).
+                self.bye(f"mailbox {sel.name} no longer exists")
+                return
             if sel is not self.sel or self.closed:
                 return
             for line in sel.apply(ch, allow_expunge=allow_expunge, condstore=self.condstore,

@@ -1,26 +1,47 @@
-"""Message semantics for IMAP: pure functions over raw message bytes (CRLF) and record metadata.
+"""Message semantics for IMAP: pure functions over raw message bytes and record metadata.
 
-No I/O, no Twisted, no storage. The server (``services/access/imap/``) calls:
+No I/O, no Twisted, no storage. Replaces ``services/access/mime.py`` and ``search.py``.
+Input is the stored message (CRLF line ends; bare LFs are made CRLF first, as IMAP needs).
+Where the RFCs leave a choice, the output is byte-identical to Dovecot 2.3
+(tests/imapmsg/test_*vs_dovecot.py), so the box and the reference server agree.
 
-    envelope(data) -> bytes                      ENVELOPE (RFC 9051 §7.5.2)
-    bodystructure(data, extended, rev2=False)    BODYSTRUCTURE (extended) / BODY
-    section(data, sec) -> bytes | None           BODY[sec] bytes; None: no such part (send "")
-    binary(data, sec) -> bytes | None            BINARY[sec] decoded; None: unknown CTE (NO [UNKNOWN-CTE])
-    binary_size(data, sec) -> int | None         BINARY.SIZE[sec]; None: unknown CTE
-    partial(value, origin, count) -> bytes       <origin.count> of a section
-    matches(key, view, ctx) -> bool              SEARCH (RFC 9051 §6.4.4)
-    compile_search(key) -> SearchProgram         the same, compiled once for many messages
-    sort(views, criteria) -> list[int]           SORT (RFC 5256 §3), UIDs in order
-    thread(views, algorithm) -> list[Thread]     THREAD (RFC 5256 §4); serialize_thread(...)
+The contract (CONTRACTS.md, "C2"):
 
-Additions to the contract in CONTRACTS.md (backwards compatible):
-- ``Message(data)`` parses once and offers the same operations as methods, for a FETCH
-  that asks for several items of one message.
-- ``bodystructure(..., rev2=True)``: message/global is shown as an encapsulated message
-  (RFC 9051 §9 media-message); without it, as a basic part, as IMAP4rev1 and Dovecot do.
-- ``binary`` of a part that does not exist returns ``b""`` only through ``Message.binary``
-  with ``missing=b""``; the module function returns None for unknown CTE only and b"" for
-  a missing part.
+    envelope(data) -> bytes                         ENVELOPE (RFC 9051 §7.5.2)
+    bodystructure(data, extended) -> bytes          BODYSTRUCTURE (extended) / BODY
+    section(data, sec) -> bytes | None              BODY[sec]; None: no such part (send "")
+    binary(data, sec) -> bytes | None               BINARY[sec] decoded; None: unknown transfer
+                                                    encoding (NO [UNKNOWN-CTE], RFC 3516 §4.3);
+                                                    a part that does not exist gives b""
+    MessageView                                     uid seq flags size internaldate modseq recent data()
+    matches(key, view, ctx) -> bool                 SEARCH (RFC 9051 §6.4.4)
+    SearchContext(max_seq, max_uid, saved=None)     "*" for numbers and UIDs; saved: the SEARCHRES
+                                                    result as UIDs (RFC 5182 "$")
+    sort(views, criteria) -> list[int]              SORT (RFC 5256 §3): UIDs in order;
+                                                    criteria ((key, reverse), ...)
+    thread(views, algorithm) -> list[tuple]         THREAD (RFC 5256 §4): nested tuples of UIDs
+    serialize_thread(threads) -> bytes              "(1)(2 3 (4)(5))"
+
+Additions (backwards compatible):
+- ``Message(data, rev2=False)`` parses once and has the same operations as methods
+  (``envelope() bodystructure(extended) section(sec) binary(sec) binary_size(sec)``): use it
+  when one FETCH asks several items of a message; the functions above reparse each time.
+- ``binary_size(data, sec)``: BINARY.SIZE, the length of BINARY[sec] (None: unknown CTE).
+- ``partial(value, origin, count)``: the <origin.count> slice (RFC 9051 §6.4.5).
+- ``bodystructure(..., rev2=True)`` / ``section(..., rev2=True)`` / ``Message(data, rev2=True)``:
+  message/global is an encapsulated message (RFC 9051 §9 media-message). Without it, it is
+  an opaque part, as in IMAP4rev1's grammar and in Dovecot. Pass it once IMAP4rev2 is
+  enabled; cache BODYSTRUCTURE under a different key then.
+- ``compile_search(key, ctx=None) -> SearchProgram``: compile once per SEARCH, then
+  ``program.matches(view, ctx)`` per message. ``program.metadata_only`` is True when no key
+  needs headers or body: the search can run over index records without message files.
+  Content is read (``view.data()``) only when a content key still decides; a view may also
+  offer ``headers() -> bytes`` (the header block) so header-only keys skip the body.
+  ``SearchContext`` also has ``tz`` (zone for BEFORE/ON/SINCE, default UTC like INTERNALDATE)
+  and ``now`` (for OLDER/YOUNGER). ``SearchError``: a key this evaluator does not know.
+- ``header_values(data, name) -> list[str]``: decoded values of a top-level header field.
+- ``base_subject(subject) -> (base, is_reply_or_forward)``: RFC 5256 §2.1.
+- ``UnknownCTE``: raised by ``sections.binary_of`` (the functions above return None instead).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ marker ``(NIL NIL "name" NIL)``, its members, and an end marker ``(NIL NIL NIL N
 - every empty list element (``a@b, ,c@d``) gives one such filled address;
 - encoded words (RFC 2047) are sent as they are, undecoded; 8-bit bytes go in literals;
 - the last Date/Subject/Message-ID/In-Reply-To field wins, address fields accumulate;
-- Sender and Reply-To default to From (RFC 9051 §7.5.2: "the server MUST default").
+- Sender and Reply-To, when absent or empty, are the From list (RFC 9051 §7.5.2 "the
+  server sets the corresponding member of the envelope to be the same value as the from member").
 """
 
 from __future__ import annotations

@@ -36,10 +36,11 @@ class HeaderField:
     name: str  # as written, without the colon and trailing whitespace
     raw: bytes  # the whole field: name, colon, value, folded lines and their line breaks
     value: bytes  # after the colon, leading whitespace removed, line breaks kept
+    lname: str = ""  # the name lower-cased, for matching
 
-    @property
-    def lname(self) -> str:
-        return self.name.lower()
+    def __post_init__(self) -> None:
+        if not self.lname:
+            self.lname = self.name.lower()
 
 
 @dataclass(eq=False)
@@ -85,10 +86,6 @@ class Part:
     @property
     def is_text(self) -> bool:
         return self.media_type[0] == "text"
-
-    @property
-    def is_message(self) -> bool:
-        return self.message is not None
 
     def param(self, name: str) -> str | None:
         """A Content-Type parameter's value, RFC 2231 decoded (charset'lang'%XX) when extended."""
@@ -273,12 +270,19 @@ def parse_language(value: bytes) -> list[str]:
 # --- the parser ------------------------------------------------------------------------
 
 
+# Caps on what a message can make the parser build (Dovecot's message-parser defaults):
+# deeper or further parts are kept as opaque leaves, so no message exhausts the stack or memory.
+MAX_NESTING = 100
+MAX_PARTS = 10000
+
+
 class _Cursor:
     """Line scanning over DATA; a line is up to and including its LF."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.n = len(data)
+        self.parts = 0  # parts created so far (MAX_PARTS)
 
     def line_end(self, pos: int) -> int:
         """Offset just past the line starting at POS (past its LF, or the end of data)."""
@@ -376,9 +380,10 @@ def _boundary(part: Part) -> bytes | None:
 
 
 def _parse_part(cur: _Cursor, pos: int, bounds: list[bytes], digest_child: bool,
-                rev2: bool) -> tuple[Part, int]:
+                rev2: bool, depth: int = 0) -> tuple[Part, int]:
     """Parse the entity at POS; returns it and the offset of the line that ended it."""
     part = Part(start=pos, default_digest=digest_child)
+    cur.parts += 1
     part.fields, part.body_start, stop = _parse_header(cur, pos, bounds)
     part.blank_line = stop is False
     _classify(part)
@@ -387,16 +392,18 @@ def _parse_part(cur: _Cursor, pos: int, bounds: list[bytes], digest_child: bool,
         # An empty body: the header's last line break belongs to the boundary.
         return part, _line_after_break(cur, part.end)
     mtype, msub = part.media_type
+    if depth >= MAX_NESTING or cur.parts >= MAX_PARTS:
+        return _leaf_end(cur, part, bounds)
     if mtype == "multipart":
         part.multipart = True
         b = _boundary(part)
         if b is None:
             return _leaf_end(cur, part, bounds)
-        return _parse_multipart(cur, part, [b, *bounds], msub == "digest", rev2)
+        return _parse_multipart(cur, part, [b, *bounds], msub == "digest", rev2, depth)
     if mtype == "message" and (msub == "rfc822" or (rev2 and msub == "global")):
         # RFC 2046 §5.2.1 (and RFC 6532 §3.7 / RFC 9051 §9 media-message for message/global):
         # the body is a complete message with its own header and structure.
-        inner, stop = _parse_part(cur, part.body_start, bounds, False, rev2)
+        inner, stop = _parse_part(cur, part.body_start, bounds, False, rev2, depth + 1)
         part.message = inner
         part.end = inner.end
         return part, stop
@@ -422,7 +429,8 @@ def _leaf_end(cur: _Cursor, part: Part, bounds: list[bytes]) -> tuple[Part, int]
     return part, hit[0]
 
 
-def _parse_multipart(cur: _Cursor, part: Part, bounds: list[bytes], digest: bool, rev2: bool) -> tuple[Part, int]:
+def _parse_multipart(cur: _Cursor, part: Part, bounds: list[bytes], digest: bool, rev2: bool,
+                     depth: int) -> tuple[Part, int]:
     pos = part.body_start
     while True:
         hit = cur.next_boundary(pos, bounds)
@@ -444,7 +452,15 @@ def _parse_multipart(cur: _Cursor, part: Part, bounds: list[bytes], digest: bool
                 return part, cur.n
             part.end = cur.before_break(after[0], close_end)
             return part, after[0]
-        child, pos = _parse_part(cur, cur.line_end(line), bounds, digest, rev2)
+        if cur.parts >= MAX_PARTS:
+            # Too many parts: the rest of this multipart stays in its last part, unparsed.
+            after = cur.next_boundary(line, bounds[1:])
+            stop = cur.n if after is None else after[0]
+            part.end = cur.n if after is None else cur.before_break(stop, part.body_start)
+            if part.children and not part.children[-1].multipart and part.children[-1].message is None:
+                part.children[-1].end = part.end
+            return part, stop
+        child, pos = _parse_part(cur, cur.line_end(line), bounds, digest, rev2, depth + 1)
         part.children.append(child)
 
 

@@ -4,16 +4,15 @@
 bytes; a few escaped quotes/backslashes), otherwise a literal. ``humans`` is for text a person
 reads (subject, display names): whitespace runs and folding collapse to one space and the
 value is trimmed; anything that needed changing or escaping is sent as a literal. Both
-match Dovecot's ``imap-quote.c`` so the differential can compare bytes.
+match Dovecot's ``imap-quote.c`` so the differential can compare bytes (the generic
+``imapproto.wire.string`` chooses differently, e.g. it quotes 8-bit text for UTF8=ACCEPT).
 """
 
 from __future__ import annotations
 
+from services.access.imapproto.wire import literal
+
 _MAX_ESCAPES = 4  # beyond this many '"'/'\\' a literal is shorter to read (Dovecot's choice)
-
-
-def literal(b: bytes) -> bytes:
-    return b"{%d}\r\n" % len(b) + b
 
 
 def nstring(value: bytes | str | None) -> bytes:

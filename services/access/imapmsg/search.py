@@ -293,7 +293,3 @@ def matches(key: SearchKey, view: MessageView, ctx: SearchContext) -> bool:
         return SearchProgram(key, ctx).matches(view)
     return _cached_compile(key, ctx).matches(view)
 
-
-def search(key: SearchKey, views: list[MessageView], ctx: SearchContext) -> list[MessageView]:
-    program = SearchProgram(key, ctx)
-    return [v for v in views if program.matches(v)]

@@ -22,20 +22,27 @@ _QP_TRAILING_WS = re.compile(rb"[ \t]+(\r?\n)")
 
 
 def locate(root: mimetree.Part, path: tuple[int, ...]) -> mimetree.Part | None:
-    """The part at PATH (1-based numbers), or None if there is no such part."""
+    """The part at PATH (1-based numbers), or None if there is no such part.
+
+    "1" of a non-multipart entity names the entity itself, once: after it only an
+    encapsulated message has further parts (BODY[1.1] of a plain message does not exist,
+    BODY[2.1] of a text part 2 inside a multipart is part 2's body, as in Dovecot).
+    """
     node = root
+    stayed = False
     for i, n in enumerate(path):
         if node.multipart:
             if not 1 <= n <= len(node.children):
                 return None
             node = node.children[n - 1]
-        elif n != 1:
-            return None
-        if i + 1 < len(path) and not node.multipart:
-            # Only a multipart or an encapsulated message has parts below it.
-            if node.message is None:
+            stayed = False
+        else:
+            if n != 1 or stayed:
                 return None
+            stayed = True
+        if i + 1 < len(path) and not node.multipart and node.message is not None:
             node = node.message
+            stayed = False
     return node
 
 

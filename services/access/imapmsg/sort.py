@@ -33,6 +33,8 @@ _SPACES = re.compile(r"[ \t\r\n]+")
 
 def casemap(s: str) -> str:
     """i;unicode-casemap (RFC 5051 §2.1): simple titlecase of each character, then NFKD."""
+    if s.isascii():
+        return s.upper()  # the simple titlecase of every ASCII letter is its upper case
     out = []
     for c in s:
         t = c.title()
@@ -91,20 +93,38 @@ def base_subject(subject: str) -> tuple[str, bool]:
 
 
 class SortInfo:
-    """The header facts SORT and THREAD need from one message, read once."""
+    """The header facts SORT and THREAD need from one message, each read once when first used."""
 
     def __init__(self, view: MessageView) -> None:
         self.view = view
-        data = view.data()
-        head = getattr(view, "headers", None)
-        top = mimetree.parse_header_only(mimetree.crlf(head() if head is not None else data))
-        self.fields = top
+
+    @functools.cached_property
+    def fields(self) -> mimetree.Part:
+        """The top-level header; ARRIVAL and SIZE never need it, so it is read on first use."""
+        head = getattr(self.view, "headers", None)
+        return mimetree.parse_header_only(mimetree.crlf(head() if head is not None else self.view.data()))
+
+    @functools.cached_property
+    def _subject(self) -> tuple[str, bool]:
         # The first Subject:/Date: field, as Dovecot's SORT and THREAD read them.
-        subj = top.first("subject")
-        raw = to_text(unfold(subj.value)) if subj is not None else ""
-        self.base, self.is_reply = base_subject(raw)
-        self.subject_key = casemap(self.base)
-        self.date = sent_timestamp(top, view.internaldate)
+        subj = self.fields.first("subject")
+        return base_subject(to_text(unfold(subj.value)) if subj is not None else "")
+
+    @property
+    def base(self) -> str:
+        return self._subject[0]
+
+    @property
+    def is_reply(self) -> bool:
+        return self._subject[1]
+
+    @functools.cached_property
+    def subject_key(self) -> str:
+        return casemap(self.base)
+
+    @functools.cached_property
+    def date(self) -> float:
+        return sent_timestamp(self.fields, self.view.internaldate)
 
     def first_mailbox(self, field: str) -> str:
         f = self.fields.first(field)
@@ -142,25 +162,14 @@ _KEYS: dict[str, Callable[[SortInfo], Any]] = {
 }
 
 
-def _cmp(a: Any, b: Any) -> int:
-    return (a > b) - (a < b)
-
-
 def sort(views: Sequence[MessageView], criteria: Sequence[tuple[str, bool]]) -> list[int]:
     """UIDs of VIEWS in SORT order. CRITERIA: (key, reverse) pairs, e.g. (("DATE", True),)."""
     for key, _ in criteria:
         if key.upper() not in _KEYS:
             raise ValueError(f"unknown sort key {key}")
-    infos = [SortInfo(v) for v in views]
-    keys = [[_KEYS[k.upper()](i) for k, _ in criteria] for i in infos]
-    reverse = [r for _, r in criteria]
-
-    def compare(x: int, y: int) -> int:
-        for kx, ky, r in zip(keys[x], keys[y], reverse, strict=True):
-            c = _cmp(kx, ky)
-            if c:
-                return -c if r else c
-        return _cmp(infos[x].view.seq, infos[y].view.seq)
-
-    order = sorted(range(len(infos)), key=functools.cmp_to_key(compare))
-    return [infos[i].view.uid for i in order]
+    infos = sorted((SortInfo(v) for v in views), key=lambda i: i.view.seq)
+    # Stable sorts from the last criterion to the first give the lexicographic order, and
+    # ties stay in mailbox order even under REVERSE (Python's reverse sort is stable too).
+    for key, rev in reversed(criteria):
+        infos.sort(key=_KEYS[key.upper()], reverse=rev)
+    return [i.view.uid for i in infos]

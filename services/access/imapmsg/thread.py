@@ -12,8 +12,8 @@ import re
 from collections.abc import Sequence
 from itertools import count
 
-from services.access.imapmsg.sort import SortInfo
 from services.access.imapmsg.search import MessageView
+from services.access.imapmsg.sort import SortInfo
 from services.access.imapmsg.textsearch import to_text
 
 ThreadTree = tuple  # nested tuples of ints (see the module docstring)
@@ -100,27 +100,43 @@ def _references(views: Sequence[MessageView]) -> list[_Node]:
         if prev is not None and not _ancestor_or_self(node, prev):
             _link(prev, node)
     roots = [n for n in table.values() if n.parent is None]
-    return _prune(roots, top=True)
+    return _prune(roots)
 
 
-def _prune(nodes: list[_Node], top: bool) -> list[_Node]:
+def _descendants_first(roots: list[_Node]) -> list[_Node]:
+    """Every node below ROOTS (and ROOTS), each after all of its descendants. Iterative:
+    a reply chain can be thousands of messages deep."""
+    order: list[_Node] = []
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        order.append(n)
+        stack.extend(n.children)
+    order.reverse()
+    return order
+
+
+def _prune(roots: list[_Node]) -> list[_Node]:
     """Step 3: drop empty dummies; splice a dummy's children into its place (at the top level
     only when it has a single child)."""
-    out: list[_Node] = []
-    for n in nodes:
-        n.children = _prune(n.children, top=False)
+    for n in _descendants_first(roots):
+        kept: list[_Node] = []
         for c in n.children:
+            if c.info is not None:
+                kept.append(c)
+            elif c.children:
+                kept.extend(c.children)
+        for c in kept:
             c.parent = n
-        if n.info is not None:
+        n.children = kept
+    out: list[_Node] = []
+    for n in roots:
+        if n.info is not None or len(n.children) > 1:
             out.append(n)
-        elif not n.children:
-            continue
-        elif top and len(n.children) > 1:
-            out.append(n)
-        else:
-            for c in n.children:
-                c.parent = None  # the caller re-parents them one level up
-            out.extend(n.children)
+        elif n.children:
+            child = n.children[0]
+            child.parent = None
+            out.append(child)
     return out
 
 
@@ -164,24 +180,44 @@ def _merge_subjects(roots: list[_Node]) -> list[_Node]:
     return [n for n in out if n.parent is None]
 
 
-def _sort_tree(nodes: list[_Node]) -> None:
+def _sort_tree(roots: list[_Node]) -> None:
     """Step 6: sort every set of siblings by sent date, the deepest first."""
-    for n in nodes:
-        _sort_tree(n.children)
-    nodes.sort(key=_Node.sort_key)
+    for n in _descendants_first(roots):
+        n.children.sort(key=_Node.sort_key)
+    roots.sort(key=_Node.sort_key)
 
 
-def _shape(node: _Node) -> ThreadTree:
-    items: list[int | ThreadTree] = []
-    cur = node
-    while True:
-        if cur.info is not None:
-            items.append(cur.info.view.uid)
-        if len(cur.children) == 1:
+def _shape(root: _Node) -> ThreadTree:
+    """The nested-tuple form of the thread under ROOT (built without recursion)."""
+    top: list = []
+    stack: list[tuple[_Node, list]] = [(root, top)]
+    while stack:
+        cur, items = stack.pop()
+        while True:
+            if cur.info is not None:
+                items.append(cur.info.view.uid)
+            if len(cur.children) != 1:
+                break
             cur = cur.children[0]
-            continue
-        items.extend(_shape(c) for c in cur.children)
-        return tuple(items)
+        for c in cur.children:
+            branch: list = []
+            items.append(branch)
+            stack.append((c, branch))
+    return _tuples(top)
+
+
+def _tuples(top: list) -> ThreadTree:
+    """Nested lists to nested tuples, deepest first."""
+    order: list[list] = []
+    stack = [top]
+    while stack:
+        lst = stack.pop()
+        order.append(lst)
+        stack.extend(x for x in lst if isinstance(x, list))
+    done: dict[int, ThreadTree] = {}
+    for lst in reversed(order):
+        done[id(lst)] = tuple(done[id(x)] if isinstance(x, list) else x for x in lst)
+    return done[id(top)]
 
 
 def _ordered_subject(views: Sequence[MessageView]) -> list[_Node]:
@@ -216,13 +252,23 @@ def thread(views: Sequence[MessageView], algorithm: str) -> list[ThreadTree]:
 
 
 def _items(items: ThreadTree) -> bytes:
-    out = b""
-    for i, item in enumerate(items):
+    """thread-members and thread-nested of one thread (RFC 5256 §5), without recursion."""
+    out: list[bytes] = []
+    stack: list[tuple[ThreadTree, int]] = [(items, 0)]
+    while stack:
+        seq, i = stack.pop()
+        if i == len(seq):
+            if stack:
+                out.append(b")")
+            continue
+        stack.append((seq, i + 1))
+        item = seq[i]
         if isinstance(item, int):
-            out += (b" " if i else b"") + b"%d" % item
+            out.append((b" " if i else b"") + b"%d" % item)
         else:
-            out += (b" " if i and isinstance(items[i - 1], int) else b"") + b"(" + _items(item) + b")"
-    return out
+            out.append((b" " if i and isinstance(seq[i - 1], int) else b"") + b"(")
+            stack.append((item, 0))
+    return b"".join(out)
 
 
 def serialize_thread(threads: Sequence[ThreadTree]) -> bytes:

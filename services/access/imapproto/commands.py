@@ -47,6 +47,9 @@ STATUS_ATTS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN
                          "HIGHESTMODSEQ", "APPENDLIMIT"})
 LIST_SELECT_OPTS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+# RFC 6154 §2 (and RFC 8457 \Important): attribute names are case-insensitive; canonical spelling.
+SPECIAL_USE = {a.upper(): a for a in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent",
+                                      "\\Trash", "\\Important")}
 _STORE_ITEMS = {"FLAGS": ("set", False), "FLAGS.SILENT": ("set", True), "+FLAGS": ("add", False),
                 "+FLAGS.SILENT": ("add", True), "-FLAGS": ("remove", False), "-FLAGS.SILENT": ("remove", True)}
 
@@ -81,9 +84,11 @@ def parse_command(text: bytes, literals: dict[int, tuple[bytes, bool]], utf8: bo
                 return Bad(tag, "Unknown command")
         args = handler(c, uid)
         c.end()
-        return Command(tag, name, args, uid)
     except ProtocolError as e:
         return Bad(tag, e.text, e.code)
+    if c.refusal is not None:
+        return Bad(tag, c.refusal.text, c.refusal.code, "NO")
+    return Command(tag, name, args, uid)
 
 
 # ---- commands without arguments and the simple ones -------------------------------------------
@@ -181,7 +186,7 @@ def _select(c: Cursor, readonly: bool) -> Select:
         c.char(b"(")
         while True:
             param = c.keyword()
-            if param == "CONDSTORE" and not condstore:  # RFC 7162 §3.1.8
+            if param == "CONDSTORE":  # RFC 7162 §3.1.8 (a repeat is harmless)
                 condstore = True
             elif param == "QRESYNC" and qresync is None:  # RFC 7162 §3.2.5
                 c.sp()
@@ -232,7 +237,7 @@ def _create(c: Cursor, uid: bool) -> Create:
         if not c.try_keyword("USE"):
             raise c.fail("Unknown CREATE parameter")
         c.sp()
-        use = c.flag_list()
+        use = tuple(SPECIAL_USE.get(u.upper(), u) for u in c.flag_list())
         if any(not u.startswith("\\") for u in use):
             raise c.fail("USE attributes start with a backslash")
         c.char(b")")
@@ -286,7 +291,7 @@ def _list(c: Cursor, uid: bool) -> ListCmd:
         if not c.try_char(b")"):
             while True:
                 opt = c.keyword()
-                if opt not in LIST_RETURN_OPTS or opt in ret:
+                if opt not in LIST_RETURN_OPTS or opt == "STATUS" and opt in ret:
                     raise c.fail(f"Unknown or repeated LIST return option {opt}")
                 ret.add(opt)
                 if opt == "STATUS":  # RFC 5819 §2
@@ -323,7 +328,7 @@ def _append(c: Cursor, uid: bool) -> Append:
         flags: tuple[str, ...] = ()
         date = None
         if c.peek() == b"(":
-            flags = c.flag_list()
+            flags = c.flag_list(settable=True)
             c.sp()
         if c.peek() == b'"':
             date = c.date_time()
@@ -389,11 +394,11 @@ def _store(c: Cursor, uid: bool) -> Store:
         raise c.fail("Expected FLAGS, +FLAGS or -FLAGS")
     c.sp()
     if c.peek() == b"(":
-        flags = c.flag_list()
+        flags = c.flag_list(settable=True)
     else:
-        fl = [c.flag()]
+        fl = [c.flag(settable=True)]
         while c.try_sp():
-            fl.append(c.flag())
+            fl.append(c.flag(settable=True))
         flags = tuple(fl)
     return Store(seq, item[0], item[1], flags, unchanged)  # type: ignore[arg-type]
 

@@ -33,7 +33,9 @@ _SEQ_RANGE = rb"(?:[1-9]\d{0,9}|\*)(?::(?:[1-9]\d{0,9}|\*))?"
 SEQSET = re.compile(_SEQ_RANGE + rb"(?:," + _SEQ_RANGE + rb")*")
 _SEQ_PART = re.compile(rb"([1-9]\d{0,9}|\*)(?::([1-9]\d{0,9}|\*))?")
 _DATE = re.compile(rb'("?)(\d{1,2})-([A-Za-z]{3})-(\d{4})\1')
-_DATE_TIME = re.compile(rb'"([ \d]\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"')
+# date-day-fixed is (SP DIGIT) / 2DIGIT; a bare single digit ("7-Feb-1994 ...") is accepted too, as
+# the reference server does, since it cannot be misread.
+_DATE_TIME = re.compile(rb'"( \d|\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)"')
 MONTHS = {m: i for i, m in enumerate(
     [b"JAN", b"FEB", b"MAR", b"APR", b"MAY", b"JUN", b"JUL", b"AUG", b"SEP", b"OCT", b"NOV", b"DEC"], 1)}
 SYSTEM_FLAGS = {f.upper(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\Recent")}
@@ -47,7 +49,7 @@ MAX_DEPTH = 64  # nesting of parenthesised search keys; bounds recursion
 class Cursor:
     """A position in one command: ``text`` (lines without CRLF) and ``literals``."""
 
-    __slots__ = ("text", "pos", "literals", "utf8", "tag", "depth")
+    __slots__ = ("text", "pos", "literals", "utf8", "tag", "depth", "refusal", "allow_nul")
 
     def __init__(self, text: bytes, literals: dict[int, tuple[bytes, bool]], utf8: bool, tag: str | None) -> None:
         self.text = text
@@ -56,11 +58,21 @@ class Cursor:
         self.utf8 = utf8
         self.tag = tag
         self.depth = 0
+        self.allow_nul = False  # set while reading message data (literal_any)
+        # A well-formed command whose argument cannot be used (a mailbox name that is not valid
+        # modified UTF-7, an unsupported charset) is answered NO, not BAD, and only once the whole
+        # command has parsed: a syntax error anywhere in it still gets the BAD.
+        self.refusal: ProtocolError | None = None
 
     # ---- basics --------------------------------------------------------------------------
 
     def fail(self, text: str, code: str | None = None) -> ProtocolError:
         return ProtocolError(text, self.tag, code)
+
+    def refuse(self, text: str, code: str | None = None) -> None:
+        """Remember the first reason to answer NO; parsing goes on."""
+        if self.refusal is None:
+            self.refusal = ProtocolError(text, self.tag, code)
 
     def peek(self) -> bytes:
         return self.text[self.pos:self.pos + 1]
@@ -135,19 +147,27 @@ class Cursor:
             raise self.fail("A literal must end its line")
         self.pos = m.end()
         data, binary = got
-        # literal = ... *CHAR8 (%x01-ff): NUL only in literal8 (RFC 3516 §4.2, RFC 9051 §9).
-        if not binary and b"\x00" in data:
+        # literal = ... *CHAR8 (%x01-ff): NUL only in literal8 (RFC 3516 §4.2, RFC 9051 §9).  Accepted
+        # anyway where it is message data (APPEND/CATENATE: old mail migrated by mbsync holds NUL, and
+        # the reference server takes it); refused in every other string.
+        if not binary and b"\x00" in data and not self.allow_nul:
             raise self.fail("NUL in a literal (use literal8 with BINARY)")
         return data
 
     def literal_any(self) -> tuple[bytes, bool]:
         """A literal or literal8 (APPEND data, CATENATE TEXT): the octets and whether it was ~{n}."""
         start = self.pos
-        data = self.literal()
+        self.allow_nul = True
+        try:
+            data = self.literal()
+        finally:
+            self.allow_nul = False
         return data, self.text[start:start + 1] == b"~"
 
     def quoted(self) -> bytes:
-        m = (_QUOTED8 if self.utf8 else _QUOTED7).match(self.text, self.pos)
+        # RFC 9051 §9 QUOTED-CHAR includes UTF8-2/3/4: 8-bit is accepted in every quoted string
+        # (as the reference does for SEARCH BODY "Grüße"); mailbox names still go through decode_mailbox.
+        m = _QUOTED8.match(self.text, self.pos)
         if not m:
             raise self.fail("Bad quoted string")
         self.pos = m.end()
@@ -192,14 +212,19 @@ class Cursor:
         if len(raw) == 5 and raw.upper() == b"INBOX":
             return "INBOX"
         if self.utf8:
-            name = self.text_utf8(raw, "Mailbox name")
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self.refuse("Mailbox name is not valid UTF-8")
+                return raw.decode("utf-8", "replace")
         else:
             try:
                 name = mutf7.decode(raw)
             except mutf7.MUTF7Error as e:
-                raise self.fail(f"Bad mailbox name: {e}") from None
+                self.refuse(f"Mailbox name is not valid modified UTF-7: {e}")
+                return raw.decode("utf-8", "replace")
         if _NAME_FORBIDDEN.search(name):
-            raise self.fail("Mailbox name holds a control character")
+            self.refuse("Mailbox name holds a control character")
         return name
 
     def mailbox(self) -> str:
@@ -213,20 +238,30 @@ class Cursor:
 
     # ---- flags, sets, dates ------------------------------------------------------------------
 
-    def flag(self) -> str:
-        """flag = system flag / "\\" atom (flag-extension) / atom (keyword); system flags normalised."""
+    def flag(self, settable: bool = False) -> str:
+        """flag = system flag / "\\" atom (flag-extension) / atom (keyword); system flags normalised.
+
+        SETTABLE (STORE, APPEND): only the five system flags a client may set.  "\\Recent" is the
+        server's (RFC 3501 §2.3.2) and a flag-extension is one the server MUST NOT generate
+        (RFC 3501 §9), so storing either is refused, as the reference server does.
+        """
         if self.try_char(b"\\"):
             name = "\\" + self.atom()
-            return SYSTEM_FLAGS.get(name.upper(), name)
+            canonical = SYSTEM_FLAGS.get(name.upper())
+            if canonical is None or settable and canonical == "\\Recent":
+                if settable:
+                    raise self.fail(f"Invalid system flag {name}")
+                return name
+            return canonical
         return self.atom()
 
-    def flag_list(self) -> tuple[str, ...]:
+    def flag_list(self, settable: bool = False) -> tuple[str, ...]:
         self.char(b"(")
         flags: list[str] = []
         if not self.try_char(b")"):
-            flags.append(self.flag())
+            flags.append(self.flag(settable))
             while self.try_sp():
-                flags.append(self.flag())
+                flags.append(self.flag(settable))
             self.char(b")")
         return tuple(flags)
 

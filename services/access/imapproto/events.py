@@ -28,15 +28,18 @@ class NeedLiteral:
 
 @dataclass(frozen=True)
 class Bad:
-    """Answer ``<tag> BAD [code] text`` (``* BAD`` when ``tag`` is None) and go on reading.
+    """Answer ``<tag> <status> [code] text`` (``* BAD`` when ``tag`` is None) and go on reading.
 
-    code "BADCHARSET" (SEARCH/SORT/THREAD with a charset other than US-ASCII / UTF-8) is the one
-    refusal that RFC 9051 §6.4.4 answers with a tagged NO, not BAD: the session must do so.
+    ``status`` is "BAD" for input that breaks the grammar.  It is "NO" for a well-formed command
+    that cannot be carried out as written: a mailbox name that is not valid modified UTF-7 /
+    UTF-8 (as the reference server answers), an unsupported charset (RFC 9051 §6.4.4: NO with
+    code BADCHARSET), an APPEND literal over the reader's cap (RFC 7889 §4: NO [TOOBIG]).
     """
 
     tag: str | None
     text: str
     code: str | None = None
+    status: str = "BAD"
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,7 @@ def _charset(c: Cursor) -> str:
     raw = c.astring()
     name = raw.decode("ascii", "replace").upper()
     if name not in SUPPORTED_CHARSETS:
-        raise c.fail(f"Unsupported charset {name}", "BADCHARSET")
+        c.refuse(f"Unsupported charset {name}", "BADCHARSET")
     return name
 
 
@@ -191,11 +191,15 @@ def _program(c: Cursor, charset: str | None) -> SearchKey:
 
 
 def _search_string(c: Cursor, charset: str | None) -> str:
+    """Decoded as UTF-8: the default (RFC 9051 §6.4.4) and a superset of US-ASCII, so 8-bit text sent
+    under "CHARSET US-ASCII" is still searched for, as the reference server does."""
     raw = c.astring()
+    if charset not in (None, *SUPPORTED_CHARSETS):
+        return raw.decode("utf-8", "replace")  # answered NO [BADCHARSET] once parsed
     try:
-        return raw.decode("ascii" if charset == "US-ASCII" else "utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise c.fail(f"Search string is not valid {charset or 'UTF-8'}") from None
+        raise c.fail("Search string is not valid UTF-8") from None
 
 
 def search_key(c: Cursor, charset: str | None) -> SearchKey:

@@ -170,7 +170,9 @@ class CommandReader:
 
     def _begin_skip(self) -> None:
         if not self._parts and not self._raw:
-            m = TAG.match(self._buf, self._pos)
+            # Look only at the first max_line octets, so that the answer does not depend on how
+            # much of the line had arrived when it was found too long.
+            m = TAG.match(self._buf, self._pos, self._pos + self.max_line)
             if m and self._buf[m.end():m.end() + 1] == b" ":
                 self._tag = m.group().decode("ascii")
         self._mode = _SKIP
@@ -255,9 +257,11 @@ class CommandReader:
         if nonsync and self.literal_minus and size > LITERAL_MINUS_MAX:
             # RFC 7888 §5: with LITERAL-, a larger non-synchronizing literal MUST get a tagged BAD.
             return Bad(tag, "Non-synchronizing literal over 4096 octets", "TOOBIG")
-        limit = self.max_command if self._command == "APPEND" else self.max_literal
-        if size > limit or self._size_exceeded(size):
-            return Bad(tag, "Literal too big", "TOOBIG" if self._command == "APPEND" else "LIMIT")
+        if self._command == "APPEND":
+            if size > self.max_command or self._size_exceeded(size):
+                return Bad(tag, "Literal too big", "TOOBIG", "NO")  # RFC 7889 §4
+        elif size > self.max_literal or self._size_exceeded(size):
+            return Bad(tag, "Literal too big", "LIMIT")
         return None
 
     def _refuse_nonsync(self, digits: bytes, bad: Bad | None) -> object:

@@ -17,6 +17,14 @@ MAX_COMMAND_LINE = 255  # RFC 2449 §4, CRLF included
 MAX_SASL_LINE = 8192
 MAX_NUMBER_DIGITS = 10  # a message number or line count; RFC 2449 §4 allows arguments of up to 40 octets
 
+
+
+class _TooLong(bytes):
+    """The framing's marker for a line over its limit (compared by identity: ``line is TOO_LONG``)."""
+
+
+TOO_LONG = _TooLong(b"")
+
 # Keyword -> (minimum, maximum) arguments; None: the rest of the line is one argument.
 _NO_ARGS = (0, 0)
 _ARITY: dict[str, tuple[int, int] | None] = {

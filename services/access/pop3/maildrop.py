@@ -17,7 +17,8 @@ from array import array
 from collections.abc import Callable
 from typing import IO
 
-from appliance.mailstore import Mailbox, MailStore, MailstoreError
+from appliance.mailstore import Mailbox, MailStore, MailstoreError, maildir_path, open_store
+from services.access.backend import Backend
 from services.access.pop3.wire import MessageEncoder
 
 CHUNK = 65536  # octets read from a message file at a time (the per-session buffer stays about this size)
@@ -144,3 +145,12 @@ class MessageReader:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+
+
+def account_store(backend: Backend, address: str) -> MailStore:
+    """Blocking. The account's shared store (Backend.mailstore; the new store while that still builds the old one)."""
+    store = backend.mailstore(address)
+    if isinstance(store, MailStore):
+        return store
+    cfg = backend.cfg
+    return open_store(maildir_path(cfg.paths.mail_dir, address), cfg.access.special_folders, cfg.access.outbox)

@@ -18,13 +18,15 @@ from typing import Any
 
 from prometheus_client import Counter
 from twisted.internet import defer, interfaces, threads
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import log
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from appliance.accounts import Account
-from appliance.mailstore import MailStore, MailstoreError, maildir_path, open_store
+from appliance.mailstore import MailstoreError
 from appliance.submitclient import Reply
 from services.access.backend import Backend, LoginRefused, LoginUnavailable
 from services.access.conncaps import CapReached, Lease
@@ -32,6 +34,7 @@ from services.access.imap import metrics
 from services.access.pop3.commands import (
     MAX_COMMAND_LINE,
     MAX_SASL_LINE,
+    TOO_LONG,
     Command,
     Invalid,
     SaslError,
@@ -39,12 +42,13 @@ from services.access.pop3.commands import (
     parse,
     plain_credentials,
 )
-from services.access.pop3.maildrop import LOCKS, Maildrop, MaildropLocks, MessageReader
+from services.access.pop3.framing import LineFramer
+from services.access.pop3.maildrop import LOCKS, Maildrop, MaildropLocks, MessageReader, account_store
 from services.access.pop3.stream import Stream
 from services.access.pop3.transport import set_nodelay
+from services.access.pop3.xmit import MAX_XMIT_LINE, Incoming
 
 MAX_INPUT = 65536  # octets of pipelined input buffered before the transport is paused
-MAX_XMIT_LINE = 65536  # XTND XMIT message lines (RFC 5322 allows 998; mail in the wild is longer)
 LIST_BATCH = 1024  # LIST/UIDL lines written per piece
 # Unknown commands in a row before the connection is closed (Dovecot's limits: a client that
 # speaks another protocol, e.g. HTTP sent to port 110, is not answered line by line for long).
@@ -56,7 +60,10 @@ COMMANDS = Counter("access_pop3_commands", "POP3 commands answered, by command a
                    ["command", "result"])
 
 
+@implementer(IPushProducer)
 class POP3Server(Protocol, TimeoutMixin):
+    """One POP3 connection; also the transport's producer, so replies never pile up unread."""
+
     timeOut = 600  # RFC 1939 §3: an autologout timer of at least 10 minutes
 
     def __init__(self, backend: Backend, tls_context: Any, implicit_tls: bool,
@@ -66,9 +73,9 @@ class POP3Server(Protocol, TimeoutMixin):
         self.tls = implicit_tls
         self.locks = locks
         self.state = "authorization"
-        self._in = b""
-        self._discarding = False  # skipping the rest of a line that was too long
+        self._framer = LineFramer()
         self._reading_paused = False
+        self._output_paused = False  # the transport's write buffer is full: produce nothing more
         self._busy = False  # a command is waiting for a worker thread or a stream
         self._closed = False
         self._quit = False  # QUIT seen: nothing after it is read
@@ -86,9 +93,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._retrieved: set[int] = set()
         self._live = (0, 0)  # messages and octets not marked deleted (STAT)
         self._stream: Stream | None = None
-        self._xmit: list[bytes] | None = None
-        self._xmit_size = 0
-        self._xmit_bad = ""
+        self._xmit: Incoming | None = None  # XTND XMIT: the message being received
 
     # --- connection ---------------------------------------------------------------------
 
@@ -108,6 +113,7 @@ class POP3Server(Protocol, TimeoutMixin):
             self.transport.loseConnection()
             return
         metrics.SESSIONS.labels("pop3").inc()
+        self.transport.registerProducer(self, True)
         self.setTimeout(self.timeOut)
         self._line(b"+OK POP3 ready")
 
@@ -154,11 +160,11 @@ class POP3Server(Protocol, TimeoutMixin):
     # --- input: framing and dispatch --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._in += data
+        self._framer.feed(data)
         self._process()
 
     def _process(self) -> None:
-        while not self._busy and not self._closed and not self._quit:
+        while not (self._busy or self._closed or self._quit or self._output_paused):
             line = self._next_line()
             if line is None:
                 break
@@ -170,14 +176,33 @@ class POP3Server(Protocol, TimeoutMixin):
                 self.err("[SYS/TEMP] Internal error")
         self._flow()
 
+    # --- IPushProducer: the transport's write buffer -----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+        if self._stream is not None:
+            self._stream.pause()
+
+    def resumeProducing(self) -> None:
+        self._output_paused = False
+        if self._stream is not None:
+            self._stream.resume()
+        elif not self._busy:
+            self._process()
+
+    def stopProducing(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+
     def _flow(self) -> None:
         """Pause reading while too much pipelined input is waiting; resume once it is worked off."""
         if self._closed:
             return
-        if len(self._in) > MAX_INPUT and not self._reading_paused:
+        waiting = self._framer.buffered()
+        if waiting > MAX_INPUT and not self._reading_paused:
             self._reading_paused = True
             self.transport.pauseProducing()
-        elif len(self._in) <= MAX_INPUT and self._reading_paused:
+        elif waiting <= MAX_INPUT and self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
 
@@ -187,26 +212,7 @@ class POP3Server(Protocol, TimeoutMixin):
         return MAX_SASL_LINE if self._sasl_pending else MAX_COMMAND_LINE
 
     def _next_line(self) -> bytes | None:
-        """The next complete line without its line end; TOO_LONG for one over the limit; None: need more."""
-        while True:
-            nl = self._in.find(b"\n")
-            if self._discarding:
-                if nl < 0:
-                    self._in = b""
-                    return None
-                self._in = self._in[nl + 1:]
-                self._discarding = False
-                continue
-            limit = self._line_limit()
-            if nl < 0:
-                if len(self._in) > limit:
-                    self._in, self._discarding = b"", True
-                    return TOO_LONG
-                return None
-            line, self._in = self._in[:nl], self._in[nl + 1:]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            return TOO_LONG if len(line) + 2 > limit else line
+        return self._framer.next_line(self._line_limit())
 
     def _dispatch(self, line: bytes) -> None:
         if self._xmit is not None:
@@ -315,7 +321,8 @@ class POP3Server(Protocol, TimeoutMixin):
             return
         self.ok("Begin TLS negotiation now")
         # RFC 2595 §4: anything pipelined behind STLS arrived in plaintext: discard it.
-        self._in, self._discarding, self._user = b"", False, None
+        self._framer.clear()
+        self._user = None
         self.transport.startTLS(self.ctx)
         self.tls = True
 
@@ -408,7 +415,7 @@ class POP3Server(Protocol, TimeoutMixin):
             self.err("[IN-USE] Mailbox is locked by another POP3 session")
             return None
         self._user_lease, self._locked = lease, account.address
-        d = threads.deferToThread(Maildrop.open, lambda: _account_store(self.backend, account.address))
+        d = threads.deferToThread(Maildrop.open, lambda: account_store(self.backend, account.address))
         d.addCallbacks(lambda drop: self._opened(account, drop), self._open_failed)
         return d
 
@@ -493,14 +500,14 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def _stream_out(self, source: Any) -> defer.Deferred[None]:
         """Write SOURCE's pieces at the client's pace; further commands wait until it is all written."""
-        stream = Stream(self.transport, source, self.resetTimeout)
+        stream = Stream(self.transport.write, source, self.resetTimeout)
         self._stream = stream
 
         def ended(result: Any) -> Any:
             self._stream = None
             return result
 
-        return stream.start().addBoth(ended)
+        return stream.start(paused=self._output_paused).addBoth(ended)
 
     def do_RETR(self, cmd: Command) -> None:
         self._send_message(cmd, None)
@@ -565,31 +572,20 @@ class POP3Server(Protocol, TimeoutMixin):
         if self.state != "transaction":
             self.err("[AUTH] Log in first")
             return
-        self._xmit, self._xmit_size, self._xmit_bad = [], 0, ""
+        self._xmit = Incoming(self.backend.cfg.relay.max_message_size)
         self.ok("Start sending message.")
 
     def _xmit_line(self, line: bytes) -> None:
-        assert self._xmit is not None
-        limit = self.backend.cfg.relay.max_message_size
-        if line is TOO_LONG:
-            self._xmit_bad = self._xmit_bad or f"Message line too long (at most {MAX_XMIT_LINE} octets)"
+        assert self._xmit is not None and self.account is not None
+        if not self._xmit.add(line, too_long=line is TOO_LONG):
             return
-        if line == b".":
-            lines, self._xmit = self._xmit, None
-            if self._xmit_bad or self._xmit_size > limit:
-                self.err(self._xmit_bad or f"Message exceeds the size limit of {limit} bytes")
-                return
-            assert self.account is not None
-            d = self.backend.send(self.account.address, self.client_ip, "POP3", b"".join(lines))
-            d.addCallback(self._xmit_done)
-            self._wait(d)
+        incoming, self._xmit = self._xmit, None
+        if incoming.refusal:
+            self.err(incoming.refusal)
             return
-        if line.startswith(b"."):  # RFC 1939 §3 byte-stuffing, undone
-            line = line[1:]
-        self._xmit_size += len(line) + 2
-        # Size-limited while reading: past the limit the rest is read and dropped, then refused.
-        if self._xmit_size <= limit:
-            self._xmit.append(line + b"\r\n")
+        d = self.backend.send(self.account.address, self.client_ip, "POP3", incoming.message())
+        d.addCallback(self._xmit_done)
+        self._wait(d)
 
     def _xmit_done(self, reply: Reply) -> None:
         if reply.ok:
@@ -598,19 +594,3 @@ class POP3Server(Protocol, TimeoutMixin):
             self.err("[SYS/TEMP] " + reply.text)
         else:
             self.err(reply.text)
-
-
-def _account_store(backend: Backend, address: str) -> MailStore:
-    """Blocking. The account's shared store (Backend.mailstore; the new store while that still builds the old one)."""
-    store = backend.mailstore(address)
-    if isinstance(store, MailStore):
-        return store
-    cfg = backend.cfg
-    return open_store(maildir_path(cfg.paths.mail_dir, address), cfg.access.special_folders, cfg.access.outbox)
-
-
-class _TooLong(bytes):
-    """The marker for a line over the limit (compared by identity)."""
-
-
-TOO_LONG = _TooLong(b"")

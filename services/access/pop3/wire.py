@@ -43,7 +43,7 @@ class MessageEncoder:
         # Byte-stuffing. The pattern is 3 octets and the tail 2, so a match across the
         # chunk boundary starts in the tail and its inserted "." falls after it.
         joined = self._tail + out
-        stuffed = joined[len(self._tail):]
+        stuffed = joined.replace(b"\r\n.", b"\r\n..")[len(self._tail):]
         self._tail = joined[-2:]
         return stuffed
 
