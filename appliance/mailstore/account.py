@@ -173,6 +173,14 @@ class MailStore:
         with self.index.write() as db:
             if name == "INBOX" or db.execute("SELECT 1 FROM mailboxes WHERE name = ?", (name,)).fetchone():
                 raise MailstoreError(f"mailbox {name} already exists", code="ALREADYEXISTS")
+            # RFC 3501 §6.3.3: the server SHOULD create the superior names CREATE a.b.c needs.
+            parts = name.split(DELIMITER)
+            for depth in range(1, len(parts)):
+                parent = DELIMITER.join(parts[:depth])
+                if parent != "INBOX" and not db.execute("SELECT 1 FROM mailboxes WHERE name = ?",
+                                                        (parent,)).fetchone():
+                    make_maildir(self._path(parent))
+                    import_folder(db, parent, self._path(parent), None)
             make_maildir(self._path(name))
             import_folder(db, name, self._path(name), special_use)
 

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 class Check:
     """A check with every hook answering "no objection" (None).
 
-    Hooks run in the event loop: keep them quick (no network, no long disk I/O).
+    Hooks run in the event loop: keep them quick (no network, no long disk I/O, no accounts
+    database: the protocol layer looks up ``Session.account`` and ``Session.recipient_owner``
+    in a worker thread before MAIL and RCPT).
     ``on_accepted`` runs after the spool confirmed the write; it counts successes
     and cannot refuse anything.
     """

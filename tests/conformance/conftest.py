@@ -67,7 +67,13 @@ class Server:
     port: int
     ctx: ssl.SSLContext
     new_login: Callable[[], str]
+    box: Box | None = None
     conns: list[Conn] = field(default_factory=list)
+
+    def give_quota(self, login: str) -> None:
+        """The reference's quota_rule (1 GiB) for LOGIN (Dovecot's accounts all have it)."""
+        if self.box is not None:
+            self.box.cli("user", "quota", login, "--storage", "1G")
 
     def account(self) -> str:
         return self.new_login()
@@ -127,7 +133,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         dv: Dovecot = request.getfixturevalue("conf_dovecot")
         srv = Server("dovecot", "127.0.0.1", dv.imap_port, box.client_tls(), lambda: _dovecot_login(dv))
     else:
-        srv = Server("box", box.host("imap"), box.port("imap"), box.client_tls(), lambda: _box_login(box))
+        srv = Server("box", box.host("imap"), box.port("imap"), box.client_tls(), lambda: _box_login(box), box)
     yield srv
     for c in srv.conns:
         c.close()

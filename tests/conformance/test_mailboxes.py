@@ -258,7 +258,8 @@ def test_rename_hierarchy_and_inbox(server: Server) -> None:
     c.ok("RENAME Ha Hx")
     assert set(listed(c, 'LIST "" Hx*')) == {b"Hx", b"Hx.Hb"}
     c.ok("CREATE Old")
-    assert c.cmd("RENAME Old Hx").status == "NO"
+    c.ok("CREATE Hc")
+    assert c.cmd("RENAME Old Hc").status == "NO"
 
 
 def test_rename_inbox(server: Server, request: pytest.FixtureRequest) -> None:

@@ -70,16 +70,23 @@ def registry():
 def customer_session(ctx: PolicyContext, listener: str, protocol: str = "smtp", ip: str = "203.0.113.5") -> Session:
     s = Session(listener=listener, client_ip=ip, protocol=protocol, tls=True)  # type: ignore[arg-type]
     s.login = ALICE
+    s.account = ctx.accounts.get(ALICE)  # as the relay reads it before each MAIL
     return s
 
 
-def send(pipe, session: Session, recipients: list[str]) -> Verdict | str:  # type: ignore[no-untyped-def]
-    """One transaction; the relay appends a recipient when the pipeline had no objection."""
+def send(pipe, session: Session, recipients: list[str],  # type: ignore[no-untyped-def]
+         accounts: AccountStore) -> Verdict | str:
+    """One transaction as the relay runs it: it looks up the account before MAIL and each recipient's
+    owner before RCPT (Session.account, Session.recipient_owner), and appends a recipient when the
+    pipeline had no objection."""
     session.reset_transaction()
+    if session.login is not None:
+        session.account = accounts.get(session.login)
     v = pipe.mail(session, ALICE if session.listener != "mx" else "someone@isp-a.example")
     if v:
         return v
     for r in recipients:
+        session.recipient_owner = accounts.owner_of(r)
         if pipe.rcpt(session, r) is None:
             session.recipients.append(r)
     if not session.recipients:
@@ -97,14 +104,14 @@ def test_smtp_imap_and_pop_share_one_quota(ctx: PolicyContext, clock: ManualCloc
     smtp = customer_session(ctx, "submission")
     imap = customer_session(ctx, "internal", "imap")
     pop = customer_session(ctx, "internal", "pop")
-    results = [send(pipe, s, ["bob@example.test"]) for s in (smtp, imap, pop, smtp, imap, pop)]
+    results = [send(pipe, s, ["bob@example.test"], ctx.accounts) for s in (smtp, imap, pop, smtp, imap, pop)]
     assert results[:2] == ["250", "250"]  # burst 2, whichever path
     for v in results[2:]:
         assert isinstance(v, Verdict) and v.code == 450 and v.enhanced == "4.7.1"
         assert "retry in 10 s" in v.text and ALICE in v.text
     clock.advance(10)
-    assert send(pipe, pop, ["bob@example.test"]) == "250"
-    assert isinstance(send(pipe, smtp, ["bob@example.test"]), Verdict)
+    assert send(pipe, pop, ["bob@example.test"], ctx.accounts) == "250"
+    assert isinstance(send(pipe, smtp, ["bob@example.test"], ctx.accounts), Verdict)
 
 
 def test_refused_transaction_gives_its_reservation_back(ctx: PolicyContext) -> None:
@@ -114,11 +121,13 @@ def test_refused_transaction_gives_its_reservation_back(ctx: PolicyContext) -> N
         # Reserved at DATA, then the spool "fails": no on_accepted; the next MAIL cancels it.
         s.reset_transaction()
         assert pipe.mail(s, ALICE) is None
+        s.recipient_owner = ctx.accounts.owner_of("bob@example.test")  # as the relay looks it up
         assert pipe.rcpt(s, "bob@example.test") is None
         s.recipients.append("bob@example.test")
         assert pipe.data(s, Message.parse(f"From: {ALICE}\r\n\r\nx\r\n".encode())) is None
     pipe.disconnect(s)
-    assert [send(pipe, customer_session(ctx, "submission"), ["bob@example.test"]) for _ in range(2)] == ["250", "250"]
+    again = [send(pipe, customer_session(ctx, "submission"), ["bob@example.test"], ctx.accounts) for _ in range(2)]
+    assert again == ["250", "250"]
 
 
 def test_override_and_recipient_cap(ctx: PolicyContext) -> None:
@@ -166,7 +175,7 @@ def test_member_over_its_registry_limit_gets_450(ctx: PolicyContext, registry) -
     pipe = build(ctx)
     s = Session(listener="mx", client_ip=MEMBER_IP, registry=registry)
     assert pipe.connect(s) is None
-    results = [send(pipe, s, ["bob@example.test"]) for _ in range(4)]
+    results = [send(pipe, s, ["bob@example.test"], ctx.accounts) for _ in range(4)]
     assert results[:2] == ["250", "250"]
     for v in results[2:]:
         assert isinstance(v, Verdict) and (v.code, v.enhanced) == (450, "4.7.1") and "member isp-a" in v.text
@@ -180,7 +189,8 @@ def test_refused_recipients_hold_the_account(ctx: PolicyContext) -> None:
     pipe = build(ctx)
     s = customer_session(ctx, "submission")
     # Mailboxes that do not exist are refused (550 5.1.1): evidence for the brake.
-    result = send(pipe, s, ["bob@example.test", "x@example.test", "y@example.test", "z@example.test"])
+    result = send(pipe, s, ["bob@example.test", "x@example.test", "y@example.test", "z@example.test"],
+                  ctx.accounts)
     assert result == "250"
     pipe.disconnect(s)
     runtime.for_config(ctx.cfg).brake.flush()  # the hold is written by the brake's writer thread

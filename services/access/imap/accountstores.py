@@ -14,13 +14,6 @@ from services.access.imap import storeio
 
 def _open(backend: Any, account: Any) -> Any:
     store = backend.mailstore(account.address)
-    if not hasattr(store, "mailbox"):
-        # Backend.mailstore still builds the old appliance-uidlist store: open the new one.
-        from appliance.mailstore import maildir_path, open_store
-
-        cfg = backend.cfg
-        store = open_store(maildir_path(cfg.paths.mail_dir, account.address), cfg.access.special_folders,
-                           cfg.access.outbox)
     # The account's quota as it is now (`appliance user quota` may have changed it since the
     # shared store was opened): its own override, else its limit class's.
     from appliance.mailstore.quota import limits_for

@@ -44,8 +44,16 @@ async def _copy(s: Session, cmd: Any, move: bool) -> Done:
         for line in sel.remove(src, s.qresync):
             s.write(line)
         s.notify_others()
-        return Done("MOVE completed")
+        return await highestmodseq_code(s, "MOVE completed")
     return Done("COPY completed", code)
+
+
+async def highestmodseq_code(s: Session, done: str) -> Done:
+    """RFC 7162 §3.2.10: with QRESYNC on, the tagged OK of EXPUNGE/MOVE carries HIGHESTMODSEQ."""
+    if not s.qresync or s.sel is None:
+        return Done(done)
+    st = await storeio.run(s.store.status, s.sel.name)
+    return Done(done, f"HIGHESTMODSEQ {st.highestmodseq}")
 
 
 @command("COPY", ONLY_SELECTED, uid=True)
@@ -79,4 +87,4 @@ async def expunge(s: Session, cmd: Any) -> Done:
             s.write(line)
     if removed:
         s.notify_others()
-    return Done("EXPUNGE completed")
+    return await highestmodseq_code(s, "EXPUNGE completed")

@@ -14,6 +14,7 @@ from services.access.imap.errors import Bad, Done, No
 from services.access.imap.mailboxes import DELIMITER, mailbox_arg, wire_name
 from services.access.imap.session import Session
 
+SPECIAL_USE_ATTRS = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"})
 STATUS_FIELDS = {"MESSAGES": "messages", "RECENT": "recent", "UIDNEXT": "uidnext", "UIDVALIDITY": "uidvalidity",
                  "UNSEEN": "unseen", "DELETED": "deleted", "SIZE": "size", "HIGHESTMODSEQ": "highestmodseq"}
 
@@ -52,49 +53,78 @@ def status_line(s: Session, name: str, values: list[tuple[str, int]]) -> bytes:
     return b"* STATUS " + wire_name(s, name) + b" (" + body.encode() + b")\r\n"
 
 
+CHILD_ATTRS = frozenset({"\\HasChildren", "\\HasNoChildren"})
+
+
+def _parents(names: set[str]) -> set[str]:
+    return {n[:i] for n in names for i, ch in enumerate(n) if ch == DELIMITER}
+
+
 def _gather(store: Any, a: Any, rxs: list[re.Pattern[str]], append_limit: int) -> list[tuple[str, list[str], bytes,
                                                                                                    Any]]:
-    """In a worker thread: (name, attributes, extended data, status) for each LIST answer."""
+    """In a worker thread: (name, attributes, extended data, status) for each LIST/LSUB answer.
+
+    Hierarchy levels that are not mailboxes themselves (Maildir++ "Work.Projects" under
+    "Work.Projects.Alpha") are listed too: \\Noselect (RFC 3501 §6.3.8), or \\NonExistent with
+    LIST-EXTENDED (RFC 5258 §3.4). With LIST-EXTENDED syntax only the requested attributes
+    are returned (RETURN CHILDREN / SPECIAL-USE, RFC 5258 §4, RFC 6154 §2), as Dovecot does.
+    """
     names = store.names()
     existing = set(names)
     subs = store.subscriptions()
     sel_sub = "SUBSCRIBED" in a.select_opts
     sel_special = "SPECIAL-USE" in a.select_opts
-    ret_sub = sel_sub or "SUBSCRIBED" in a.return_opts or a.lsub
-    candidates = sorted(subs | existing, key=lambda n: (n != "INBOX", n)) if (sel_sub or a.lsub) else names
+    ret_sub = sel_sub or "SUBSCRIBED" in a.return_opts
+    want_children = not a.extended or "CHILDREN" in a.return_opts
+    want_special = not a.extended or "SPECIAL-USE" in a.return_opts or sel_special
+    if a.lsub or sel_sub:
+        candidates = set(subs)
+    else:
+        candidates = existing | _parents(existing)
     out = []
     seen: set[str] = set()
-    for name in candidates:
+    for name in sorted(candidates, key=lambda n: (n != "INBOX", n)):
         if not any(_matches(rx, name) for rx in rxs):
             continue
-        subscribed = name in subs
-        if (sel_sub or a.lsub) and not subscribed:
-            continue
-        attrs: list[str] = []
         if name in existing:
-            attrs = list(store.attributes(name)) if not a.lsub else []
+            attrs = list(store.attributes(name))
+            if a.lsub:
+                attrs = [x for x in attrs if x not in CHILD_ATTRS]  # LSUB: special use only (as Dovecot)
+            else:
+                attrs = [x for x in attrs if (want_children if x in CHILD_ATTRS else want_special)]
         elif a.lsub:
-            attrs = ["\\Noselect"]
-        else:
+            attrs = []  # subscribed, but not (any more) a mailbox
+        elif name in subs and name not in _parents(existing):
             attrs = ["\\NonExistent"]  # RFC 5258 §3.4: subscribed, but gone
-        if sel_special and not any(x in attrs for x in ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk",
-                                                         "\\Sent", "\\Trash")):
+        elif a.extended:
+            attrs = ["\\NonExistent"] + (["\\HasChildren"] if want_children else [])
+        else:
+            attrs = ["\\Noselect", "\\HasChildren"]
+        if sel_special and not any(x in attrs for x in SPECIAL_USE_ATTRS):
             continue
-        if ret_sub and subscribed and not a.lsub:
+        if ret_sub and name in subs:
             attrs.append("\\Subscribed")
         status = None
-        if a.status_items and name in existing and "\\Noselect" not in attrs:
+        if a.status_items and name in existing:
             status = _status_values(store, name, a.status_items, append_limit)
         out.append((name, attrs, b"", status))
         seen.add(name)
+    pct = [_pattern(a.reference, p) for p in a.patterns if "%" in p]
+    if a.lsub and pct:
+        # RFC 3501 §6.3.9: with "%", a level above a subscription that is not subscribed
+        # itself is returned with \\Noselect.
+        for name in sorted(_parents(subs)):
+            if name not in seen and name not in subs and any(_matches(rx, name) for rx in pct):
+                out.append((name, ["\\Noselect"], b"", None))
+                seen.add(name)
     if sel_sub and "RECURSIVEMATCH" in a.select_opts:
         # RFC 5258 §3.5: a parent that does not match SUBSCRIBED itself but has a subscribed
         # descendant is listed with CHILDINFO ("SUBSCRIBED"), even if it does not exist.
-        parents = sorted({sub[:i] for sub in subs for i, ch in enumerate(sub) if ch == DELIMITER})
-        for name in parents:
+        for name in sorted(_parents(subs)):
             if name in seen or not any(_matches(rx, name) for rx in rxs):
                 continue
-            attrs = list(store.attributes(name)) if name in existing else ["\\NonExistent"]
+            attrs = [x for x in store.attributes(name) if x not in CHILD_ATTRS] if name in existing \
+                else ["\\NonExistent"]
             out.append((name, attrs, b' ("CHILDINFO" ("SUBSCRIBED"))', None))
     return out
 
@@ -103,8 +133,10 @@ async def _list(s: Session, cmd: Any) -> Done:
     a = cmd.args
     verb = "LSUB" if a.lsub else "LIST"
     if not a.extended and len(a.patterns) == 1 and a.patterns[0] == "":
-        # RFC 9051 §6.3.9: an empty pattern asks for the delimiter and the root name.
-        s.write(f'* {verb} (\\Noselect) "{DELIMITER}" ""\r\n'.encode())
+        # RFC 3501 §6.3.8: an empty pattern asks for the delimiter and the root name of the
+        # reference ("#news.comp" -> "#news."; none -> "").
+        root = a.reference[:a.reference.index(DELIMITER) + 1] if DELIMITER in a.reference else ""
+        s.write(f'* {verb} (\\Noselect) "{DELIMITER}" '.encode() + wire_name(s, root) + b"\r\n")
         return Done(f"{verb} completed")
     if "RECURSIVEMATCH" in a.select_opts and len(a.select_opts) == 1:
         raise Bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 §3
@@ -147,6 +179,9 @@ async def status(s: Session, cmd: Any) -> Done:
         values = await storeio.run(_status_values, s.store, name, a.items, s.append_limit)
     except MailstoreError as exc:
         raise No(str(exc), getattr(exc, "code", None) or "NONEXISTENT") from None
+    if s.sel is not None and s.sel.name == name:
+        # The messages this session holds as \Recent are recent too (RFC 3501 §6.3.10, as Dovecot).
+        values = [(k, v + len(s.sel.recent)) if k == "RECENT" else (k, v) for k, v in values]
     s.write(status_line(s, name, values))
     return Done("STATUS completed")
 

@@ -61,7 +61,8 @@ async def store(s: Session, cmd: Any) -> Done:
         for rec in result.changed:
             seq = sel.seq_of(rec.uid)
             if seq is not None:
-                s.write(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, b"UID %d " % rec.uid if cmd.uid else b"",
+                s.write(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, b"UID %d " % rec.uid if cmd.uid or s.qresync
+                                                             else b"",
                                                              rec.modseq))
     if result.changed:
         s.notify_others()

@@ -93,7 +93,8 @@ class Selected:
             # RFC 5182 §2.1: "$" is the saved result, as UIDs, minus what was expunged since.
             return [u for u in self.saved if self.seq_of(u) is not None]
         if not self.uids:
-            if not by_uid and any(lo is not None and hi is not None for lo, hi in seq.ranges):
+            # RFC 9051 §9 (seq-number): this "includes "*" if the selected mailbox is empty".
+            if not by_uid and seq.ranges:
                 raise Bad("invalid message sequence number: the mailbox is empty")
             return []
         out: list[int] = []
