@@ -242,13 +242,10 @@ def _sent_today(cfg: Config, address: str) -> int:
     import time
 
     from appliance.ratelimit.keys import account_key
-    from appliance.ratelimit.store import LimitStore, limits_db
+    from appliance.ratelimit.store import limits_db, read_daily_count
 
-    limits = LimitStore(limits_db(cfg))
-    try:
-        return limits.daily_count(account_key(address), time.time())
-    finally:
-        limits.close()
+    # As the relay last wrote it: at most one batch (store.BATCH_INTERVAL) behind.
+    return read_daily_count(limits_db(cfg), account_key(address), time.time())
 
 
 def _limit_arg(value: str | None, parse: Callable[[str], int], current: int | None, option: str) -> int | None:

@@ -101,6 +101,10 @@ class MailStore:
             for name, path in on_disk.items():
                 if name not in rows:
                     import_folder(db, name, path, specials.get(name))
+                    if name in specials:
+                        # `appliance user add` makes the special folders on disk before the
+                        # first login: subscribe them when first indexed, as if created here.
+                        new_subs.add(name)
             for name, use in specials.items():
                 if name not in on_disk:
                     # Subscribe what is new; a user's later UNSUBSCRIBE is not undone at the next login.

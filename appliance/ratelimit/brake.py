@@ -36,6 +36,8 @@ from appliance.ratelimit.store import LimitStore
 
 log = logging.getLogger("appliance.ratelimit")
 
+RESET_CHECK_TIMEOUT = 10.0  # seconds a hold waits to learn of a release written meanwhile
+
 
 @dataclass(slots=True)
 class _Event:
@@ -116,18 +118,37 @@ class AbuseBrake:
         reason = self._judge(t)
         if reason is None:
             return None
+        events = list(self._window(account))  # a copy: the writer thread must not share the deque
         if self.writer is None:
-            self._hold(account, reason, t)
+            self._hold(account, events)
         else:
-            self.writer.submit(self._hold, account, reason, t)
+            self.writer.submit(self._hold, account, events)
         return reason
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Wait until every hold submitted so far is written (shutdown, tests)."""
+        """Wait until the limiter's changes and every hold submitted so far are written (shutdown, tests).
+
+        Also makes a release written by another process (`appliance user release`) visible.
+        """
+        self.store.flush(timeout)
         if self.writer is not None:
             self.writer.submit(lambda: None).result(timeout)
 
-    def _hold(self, account: str, reason: str, t: Tally) -> None:
+    def _hold(self, account: str, events: list[_Event]) -> None:
+        # A release may have been written by `appliance user release` since the loop judged:
+        # the loop learns of it one batch later, here it is read first (off the loop) and the
+        # events before it no longer count, so a release is never followed by a stale hold.
+        try:
+            self.store.flush(RESET_CHECK_TIMEOUT)
+        except (TimeoutError, concurrent.futures.TimeoutError) as exc:  # judge on what is known
+            log.warning("abuse brake: could not check for a release of account=%s: %s", account, exc)
+        reset = self.store.brake_reset_at(account)
+        kept = [e for e in events if e.at >= reset]
+        t = Tally(sum(e.new for e in kept), sum(e.accepted for e in kept), sum(e.rejected for e in kept))
+        reason = self._judge(t)
+        if reason is None:
+            log.info("abuse brake: account=%s was released meanwhile; not held", account)
+            return
         try:
             newly = self.accounts.hold(account, reason)
         except Exception as exc:  # the next event retries the hold (it is idempotent)
@@ -174,16 +195,13 @@ class AbuseBrake:
 def release(cfg: Config, accounts: AccountStore, address: str, clock: Clock = SYSTEM_CLOCK) -> None:
     """`appliance user release`: lift the hold and reset the brake's window for the account.
 
-    The reset is written to the limiter's SQLite file, which the relay consults when
-    it next judges the account, so the events that tripped the brake cannot trip it
-    again a moment later.
+    The reset is written to the limiter's SQLite file; the relay's limiter writer
+    thread notices the change (``PRAGMA data_version``) within one batch interval
+    and before writing any hold, so the events that tripped the brake cannot trip
+    it again a moment later.
     """
     from appliance.addresses import normalize_address
-    from appliance.ratelimit.store import limits_db
+    from appliance.ratelimit.store import limits_db, mark_brake_reset
 
     accounts.release(address)
-    store = LimitStore(limits_db(cfg), clock.time)
-    try:
-        store.mark_brake_reset(normalize_address(address), clock.time())
-    finally:
-        store.close()
+    mark_brake_reset(limits_db(cfg), normalize_address(address), clock.time())

@@ -10,6 +10,10 @@ every attempt; messages and recipients count when accepted. To stay exact under
 concurrent sessions a message's units are *reserved* atomically just before the
 spool write (``reserve``) and either committed (``commit``: daily quota) or given
 back (``cancel``) when the spool did not take it.
+
+Every decision is made in memory and costs no I/O: the persistent parts (daily
+counts, addresses an account logged in from) are kept by ``LimitStore``, which
+loads them once when opened and writes changes behind in its own thread.
 """
 
 from __future__ import annotations
@@ -63,8 +67,6 @@ class Limiter:
         self._auth_limit = Rate(lim.auth_failures_per_ip * 60.0 / lim.auth_failure_window, lim.auth_failures_per_ip)
         self._member_default = Rate(lim.member_default_per_minute, lim.member_default_burst)
         self._class_limits: dict[tuple[object, ...], SenderLimits] = {}
-        self._known: dict[str, set[str]] = {}  # account -> addresses it logged in from (cache of the store)
-        self._known_written: dict[tuple[str, str], float] = {}
 
     @classmethod
     def open(cls, cfg: Config, clock: Clock = SYSTEM_CLOCK) -> Limiter:
@@ -161,31 +163,12 @@ class Limiter:
 
     def auth_success(self, ip: str, login: str) -> None:
         """LOGIN logged in from IP: remember the address (persisted), so it gets the lenient limit."""
-        account, addr = _login_name(login), ip_key(ip)
-        known = self._known_addresses(account)
-        wall = self.clock.time()
-        # One write per account and address a day is enough to keep it from being forgotten.
-        if addr in known and wall - self._known_written.get((account, addr), 0.0) < 86400:
-            return
-        self.store.remember_login_address(account, addr, wall)
-        self._known_written[(account, addr)] = wall
-        if len(self._known_written) > 50_000:
-            self._known_written.clear()
-        self._known.pop(account, None)  # re-read: the store keeps only the newest ones
-
-    def _known_addresses(self, account: str) -> set[str]:
-        known = self._known.get(account)
-        if known is None:
-            known = self.store.login_addresses(account)
-            if len(self._known) > 10_000:
-                self._known.clear()
-            self._known[account] = known
-        return known
+        self.store.remember_login_address(_login_name(login), ip_key(ip), self.clock.time())
 
     def _account_bucket(self, login: str, addr: str) -> tuple[str, Rate, str]:
         account = _login_name(login)
         window = self.limits.auth_failure_window
-        if addr in self._known_addresses(account):
+        if self.store.knows_login_address(account, addr, self.clock.time()):
             n = self.limits.auth_failures_per_account_known
             return f"authknown:{account}", Rate(n * 60.0 / window, n), f"{n} per {window}s from known addresses"
         n = self.limits.auth_failures_per_account_new

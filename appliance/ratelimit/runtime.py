@@ -49,8 +49,8 @@ class LimitRuntime:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.shutdown(wait=True)  # holds in flight are written first
-        self.limiter.close()
+            self.writer.shutdown(wait=True)  # holds in flight are written first (they read the store)
+        self.limiter.close()  # then the limiter's last batch
         self.accounts.close()
 
 

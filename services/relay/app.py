@@ -177,6 +177,9 @@ class RelayApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self.spool.close()
+        # The limiter's state is written behind (appliance/ratelimit/store.py): write the
+        # last batch and any hold in flight now, so daily counts survive a clean restart.
+        await asyncio.to_thread(limits_runtime.close_all)
         self._auth_pool.shutdown(wait=False, cancel_futures=True)
         self._reader_pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(OSError):

@@ -252,6 +252,10 @@ def test_imap4rev2_enable(access_box: Box) -> None:
     untagged = _ok(c, "SELECT \"Café\"".encode())
     assert not any(u.endswith(b"RECENT") for u in untagged)  # no RECENT response in IMAP4rev2
     assert any(u.startswith(b"* LIST (") and "Café".encode() in u for u in untagged)
+    _ok(c, "APPEND \"Café\"".encode(), message("a@x.test", "b@x.test", "rev2"))
+    _ok(c, b"NOOP")
+    # RFC 9051 §6.4.4: SEARCH answers with ESEARCH in IMAP4rev2.
+    assert _ok(c, b"SEARCH ALL") == [b'* ESEARCH (TAG "t%d") ALL 1' % c.n]
     c.close()
     old = _login(access_box, "bob")
     assert any(b'"Caf&AOk-"' in u for u in _ok(old, b'LIST "" "Caf*"'))  # modified UTF-7 for IMAP4rev1

@@ -271,3 +271,27 @@ def test_examine_does_not_claim_recent(server: Server) -> None:
     assert r.numbers("RECENT") == [1]
     r = a.ok("FETCH 1 FLAGS")
     assert b"\\Seen" not in r.lines("FETCH")[0]
+
+
+def test_copy_into_selected_mailbox_exists(server: Server) -> None:
+    """RFC 3501 §6.4.7 / §7.3.1: COPY into the selected mailbox itself is answered with EXISTS for the new
+    message count (by the end of the COPY or at the next NOOP)."""
+    _, a = server.session()
+    a.append("INBOX", msg(1))
+    a.ok("SELECT INBOX")
+    r = a.ok("COPY 1 INBOX")
+    seen = r.numbers("EXISTS") + a.ok("NOOP").numbers("EXISTS")
+    assert seen[-1:] == [2], seen
+
+
+def test_check_and_readonly_close(server: Server) -> None:
+    """RFC 3501 §6.4.1 CHECK is OK; §6.4.2 CLOSE on an EXAMINEd mailbox expunges nothing."""
+    _, a = server.session()
+    a.append("INBOX", msg(1), flags="\\Deleted")
+    a.ok("SELECT INBOX")
+    a.ok("CHECK")
+    a.ok("EXAMINE INBOX")
+    a.ok("CLOSE")
+    r = a.ok("STATUS INBOX (MESSAGES)")
+    assert b"MESSAGES 1" in r.lines("STATUS")[0]
+

@@ -38,7 +38,7 @@ from tests.helpers.netns import Host, Net
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_PORT = 10025
 PORTS = {"mx": 10025, "submission": 10026, "submissions": 10027, "imap": 10028, "imaps": 10029,
-         "pop3": 10030, "pop3s": 10031, "metrics": 10032}
+         "pop3": 10030, "pop3s": 10031, "metrics": 10032, "access_metrics": 10033}
 REGISTRY_PORT = 8080
 PASSWORD = "correct horse battery staple"
 
@@ -126,7 +126,7 @@ class Appliance:
         for spec in SERVICES:
             if spec.built:
                 for ep in spec.endpoints:
-                    if ep != "metrics":
+                    if ep not in ("metrics", "access_metrics"):  # both on loopback only
                         self.wait_listening(self.ports[ep])
 
     def listening(self, port: int) -> bool:

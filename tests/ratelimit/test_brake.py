@@ -106,12 +106,16 @@ def test_release_lifts_the_hold_and_resets_the_window(
     brake.record_accepted(ALICE, [f"v{i}@spam.example" for i in range(10)])
     assert accounts.get(ALICE).held
     clock.advance(1)
-    release(brake_cfg, accounts, ALICE, clock)  # what `appliance user release` does
+    release(brake_cfg, accounts, ALICE, clock)  # what `appliance user release` does, from another process
     assert not accounts.get(ALICE).held
     clock.advance(1)
-    # The events that tripped the brake no longer count: one more new recipient is fine.
-    assert brake.record_accepted(ALICE, ["one-more@spam.example"]) is None
+    # At once, before the limiter's writer has read the release: the events that tripped
+    # the brake may still be in the judgement, but they do not hold the account again.
+    brake.record_accepted(ALICE, ["one-more@spam.example"])
+    assert not accounts.get(ALICE).held
+    brake.flush()  # one batch later the release is known to the judgement too
     assert brake.tally(ALICE).new == 1
+    assert brake.record_accepted(ALICE, ["and-another@spam.example"]) is None
     assert not accounts.get(ALICE).held
 
 

@@ -56,7 +56,8 @@ async def _select(s: Session, cmd: Any, readonly: bool) -> Done:
     name = mailbox_arg(a.mailbox)
     mbox = await open_mailbox(s, name)
     state, recent, keywords, unseen, resync = await storeio.run(_open, mbox, readonly, a.qresync)
-    sel = Selected(mbox, name, readonly, state, recent)
+    # RFC 9051 Appendix E: no \Recent for an IMAP4rev2 session (the claim still uses them up).
+    sel = Selected(mbox, name, readonly, state, () if s.rev2 else recent)
     sel.keywords = set(keywords)
     flags_responses(s, sel)
     s.untagged(b"%d EXISTS" % sel.exists())

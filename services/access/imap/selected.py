@@ -152,7 +152,8 @@ class Selected:
         if new:
             self._own_uids()
             self.uids.extend(new)
-            self.recent.update(ch.recent)
+            if not rev2:  # RFC 9051 Appendix E: IMAP4rev2 has no \Recent
+                self.recent.update(ch.recent)
             out.append(b"* %d EXISTS\r\n" % len(self.uids))
             if not rev2:
                 out.append(b"* %d RECENT\r\n" % len(self.recent))
