@@ -117,17 +117,17 @@ class SubmitClient:
         finally:
             _quit(conn)
 
-    def auth_check(self, client_ip: str, login: str | None = None) -> Reply:
+    def auth_check(self, client_ip: str, login: str | None = None, protocol: str = "imap") -> Reply:
         """Ask the shared limiter whether CLIENT_IP may try a login (to LOGIN) now, before verifying."""
-        return self._command(f"XAUTHCHECK {client_ip}{_login_param(login)}")
+        return self._command(f"XAUTHCHECK {client_ip} {protocol.upper()}{_login_param(login)}")
 
-    def auth_fail(self, client_ip: str, login: str | None = None) -> Reply:
+    def auth_fail(self, client_ip: str, login: str | None = None, protocol: str = "imap") -> Reply:
         """Record a failed login (to LOGIN) from CLIENT_IP with the shared limiter."""
-        return self._command(f"XAUTHFAIL {client_ip}{_login_param(login)}")
+        return self._command(f"XAUTHFAIL {client_ip} {protocol.upper()}{_login_param(login)}")
 
-    def auth_ok(self, client_ip: str, login: str) -> Reply:
+    def auth_ok(self, client_ip: str, login: str, protocol: str = "imap") -> Reply:
         """Record that LOGIN logged in from CLIENT_IP: the address gets the account's lenient limit."""
-        return self._command(f"XAUTHOK {client_ip}{_login_param(login)}")
+        return self._command(f"XAUTHOK {client_ip} {protocol.upper()}{_login_param(login)}")
 
     def submit(self, login: str, client_ip: str, protocol: str, sender: str, recipients: list[str],
                data: bytes) -> Reply:

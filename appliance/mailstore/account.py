@@ -101,9 +101,10 @@ class MailStore:
             for name, path in on_disk.items():
                 if name not in rows:
                     import_folder(db, name, path, specials.get(name))
-                    if name in specials:
+                    if name in specials and not (self.root / SUBSCRIPTIONS).exists():
                         # `appliance user add` makes the special folders on disk before the
                         # first login: subscribe them when first indexed, as if created here.
+                        # A box with a subscriptions file (an older store's) keeps its choices.
                         new_subs.add(name)
             for name, use in specials.items():
                 if name not in on_disk:

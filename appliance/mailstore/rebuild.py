@@ -127,6 +127,7 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     cur = f"{path}/cur"
     taken: dict[int, tuple[str, int, str, int, float]] = {}
     unnumbered: list[tuple[float, str, str, int]] = []
+    renames: list[tuple[str, str]] = []
     for n in os.listdir(cur):
         if n.startswith("."):
             continue
@@ -145,9 +146,14 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
         if uid is None or uid in taken:
             unnumbered.append((mtime, n, stem, size))
             continue
+        if entry and uid_in(stem) != uid:
+            # Listed by the old uidlist but not named with its UID: name it now, so a later
+            # rebuild (the list is gone by then) recovers the same UID (RFC 3501 §2.3.1.1).
+            new_stem = f"{without_uid(stem)},U={uid}"
+            renames.append((n, f"{new_stem}:2,{info}"))
+            stem = new_stem
         taken[uid] = (stem, bits_of_letters(info), kws, size, mtime)
     uidnext = max(floor, max(taken, default=0) + 1)
-    renames: list[tuple[str, str]] = []
     for mtime, n, stem, size in sorted(unnumbered):
         new_stem = f"{without_uid(stem)},U={uidnext}"
         bits = bits_of_letters(split_name(n)[1])
@@ -176,7 +182,7 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     write_validity(path, validity, uidnext)
     if old is not None:
         # Imported once: from now on the index is the truth (a later rebuild must not bring back
-        # this list's stale keywords). UIDs stay recoverable: the old store named every file ,U=.
+        # this list's stale keywords). UIDs stay recoverable: every file is named ,U= by now.
         os.replace(path / OLD_UIDLIST, path / (OLD_UIDLIST + ".migrated"))
 
 

@@ -1,7 +1,8 @@
 """Operator notifications: a message dropped straight into the postmaster's Maildir.
 
 The postmaster is normally an address of a local domain; the message is written
-to ``MAIL_DIR/DOMAIN/LOCALPART/`` the Maildir way (``tmp/``, fsync, rename into
+to the address's Maildir (``appliance.mailstore.account_maildir``, the same
+escaped path local delivery and the access service use) the Maildir way (``tmp/``, fsync, rename into
 ``new/``, fsync the directory), so it needs neither the queue nor a running
 delivery worker. A postmaster outside the box's domains cannot be reached this
 way: the event is then only logged (and shown by `appliance status`).
@@ -23,11 +24,17 @@ log = logging.getLogger("appliance.ratelimit")
 
 
 def postmaster_maildir(cfg: Config) -> Path | None:
+    from appliance.addresses import AddressError
+    from appliance.mailstore.paths import account_maildir
+
     address = cfg.box.postmaster_address
     local, _, domain = address.rpartition("@")
     if domain.lower() not in cfg.box.domains or not local:
         return None
-    return Path(cfg.paths.mail_dir) / domain.lower() / local.lower()
+    try:
+        return account_maildir(cfg.paths.mail_dir, address)
+    except AddressError:
+        return None
 
 
 def notify_postmaster(cfg: Config, subject: str, body: str) -> Path | None:

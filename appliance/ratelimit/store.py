@@ -383,6 +383,21 @@ class LimitStore:
             self._resets = self._read_resets()  # one reference swap: the loop sees old or new
 
     def _run(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException:  # a bug: say so loudly, and let no flush() wait for a dead thread
+            log.exception("limits: the writer thread stopped; changes to %s are no longer written", self.path)
+            with self._lock:
+                self._closing = True
+        finally:
+            with self._lock:
+                for b in self._barriers:
+                    if not b.done():
+                        b.set_result(None)
+                self._barriers = []
+            self._db.close()
+
+    def _write_loop(self) -> None:
         pruned = False
         give_up_at: float | None = None
         while True:
@@ -416,8 +431,3 @@ class LimitStore:
                 b.set_result(None)
             if closing and not self.pending():
                 break
-        with self._lock:
-            for b in self._barriers:
-                b.set_result(None)
-            self._barriers = []
-        self._db.close()

@@ -8,7 +8,8 @@ straight into Maildir (bench/imap/corpus.py: the same bytes and file names for b
 the same order). Then, with one client implementation (Python imaplib over STARTTLS, the same
 certificate), each server in turn is measured:
 
-- the first LOGIN and the first SELECT ever (the index is built then: "index build");
+- the first LOGIN and the first SELECT ever, and their sum as "index build" (a server may build
+  its index when the store opens at LOGIN, or at the first SELECT);
 - SELECT warm (a new session, median of 3);
 - FETCH 1:* (UID FLAGS); UID SEARCH UNSEEN; a 20-message page FETCH n-19:n (UID ENVELOPE FLAGS)
   (first and again);
@@ -130,8 +131,12 @@ def measure_operations(t: Target, box: Box, n: int, rounds: int, timeout: float)
     r = t.results
     r["first LOGIN (connect, STARTTLS, LOGIN)"], m = timed(lambda: connect(t, box, USER, timeout))
     assert isinstance(m, Client)
-    r["SELECT cold (first ever: index build)"], data = timed(lambda: ok(m.select("INBOX"), "SELECT"))
+    r["SELECT cold (first ever)"], data = timed(lambda: ok(m.select("INBOX"), "SELECT"))
     check(t, "SELECT cold", data == [str(n).encode()], f"EXISTS {data!r}, expected {n}")
+    # A server may build its index when the store opens (at LOGIN) or at the first SELECT: the sum is
+    # what the customer waits for the first time.
+    r["index build (first LOGIN + first SELECT)"] = r["first LOGIN (connect, STARTTLS, LOGIN)"] + \
+        r["SELECT cold (first ever)"]
 
     warm = []
     for _ in range(rounds):

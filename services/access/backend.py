@@ -53,7 +53,8 @@ class Backend:
                           self.cfg.access.outbox, quota=limits)
 
     @defer.inlineCallbacks
-    def login(self, user: str, password: str, client_ip: str):  # type: ignore[no-untyped-def]
+    def login(self, user: str, password: str, client_ip: str,  # type: ignore[no-untyped-def]
+              *, protocol: str = "imap"):
         """Deferred Account; LoginRefused or LoginUnavailable on failure.
 
         The shared limiter is asked before verifying (so a blocked address, or an
@@ -62,18 +63,19 @@ class Backend:
         account. A success is reported too: the address becomes one the account is
         known to log in from, which keeps its owner out of reach of attacks on the
         account from elsewhere. Refusals are temporary (NO [LIMIT], -ERR [SYS/TEMP]).
+        PROTOCOL ("imap" or "pop3") is the entry the relay's limiter metrics count it under.
         """
-        check: Reply = yield threads.deferToThread(self.submit.auth_check, client_ip, user)
+        check: Reply = yield threads.deferToThread(self.submit.auth_check, client_ip, user, protocol)
         if not check.ok:
             raise LoginUnavailable(check)
         account: Account | None = yield threads.deferToThread(self.accounts.authenticate, user, password)
         if account is None:
-            fail: Reply = yield threads.deferToThread(self.submit.auth_fail, client_ip, user)
+            fail: Reply = yield threads.deferToThread(self.submit.auth_fail, client_ip, user, protocol)
             if not fail.ok and fail.code != 421:
                 raise LoginUnavailable(fail)
             raise LoginRefused("authentication failed")
         # Best effort: if the relay cannot take the note now, the address is just not learnt yet.
-        yield threads.deferToThread(self.submit.auth_ok, client_ip, account.address)
+        yield threads.deferToThread(self.submit.auth_ok, client_ip, account.address, protocol)
         return account
 
     def send(self, account: str, client_ip: str, protocol: str, message: bytes, sender: str | None = None,

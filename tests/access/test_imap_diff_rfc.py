@@ -44,9 +44,11 @@ namespace inbox {
     auto = subscribe
   }
   mailbox Sent {
+    special_use = \Sent
     auto = subscribe
   }
   mailbox Trash {
+    special_use = \Trash
     auto = subscribe
   }
   mailbox Drafts {

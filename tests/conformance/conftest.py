@@ -40,9 +40,11 @@ namespace inbox {
     auto = subscribe
   }
   mailbox Sent {
+    special_use = \Sent
     auto = subscribe
   }
   mailbox Trash {
+    special_use = \Trash
     auto = subscribe
   }
   mailbox Drafts {

@@ -63,6 +63,24 @@ def test_logout_sends_bye(server: Server) -> None:
     assert r.lines("BYE")
 
 
+def test_logout_closes_the_connection(server: Server) -> None:
+    """RFC 9051 §6.1.3: after the tagged OK of LOGOUT "the server MUST ... close the connection".
+
+    Clients wait for the close (mbsync hung at the end of every sync when the box kept
+    the TLS connection open with an output producer registered).
+    """
+    _, c = server.session()
+    c.ok("LOGOUT")
+    c.sock.settimeout(10)
+    try:
+        rest = c.sock.recv(65536)
+    except TimeoutError:
+        raise AssertionError("the connection was still open 10 s after LOGOUT's OK") from None
+    except (ConnectionError, OSError):  # a TLS close_notify or a reset both mean "closed"
+        rest = b""
+    assert rest == b"", rest
+
+
 def test_enable_condstore_answers_enabled(server: Server) -> None:
     """RFC 5161 §3.1: ENABLE answers ``* ENABLED`` with the extensions it enabled; unknown ones are ignored."""
     _, c = server.session()

@@ -139,7 +139,10 @@ class Appliance:
         self.cli("down", check=False, timeout=90)
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.cli("status", "--json").stdout)
+        # Exit 1 means "an alarm is raised" (docs/status.md) and still prints the report.
+        proc = self.cli("status", "--json", check=False)
+        assert proc.returncode in (0, 1), f"{self.name}: status exited {proc.returncode}: {proc.stderr}"
+        return json.loads(proc.stdout)
 
     def service_pid(self, service: str, running_only: bool = True) -> int | None:
         """The service's pid from supervisor; only once RUNNING (past startsecs) unless RUNNING_ONLY is False."""

@@ -316,11 +316,14 @@ def test_kill_9_of_the_relay_under_load_loses_nothing(world: Consortium, capsys:
     twice = [t for t in accepted if counts.get(t) == 2]
     more = [t for t in accepted if counts.get(t, 0) > 2]
     unacknowledged = [t for t in counts if t not in set(accepted)]
+    status = isp_a.status()
+    (relay,) = [svc for svc in status["services"] if svc["name"] == "relay"]
     report = {
         "kills": kills, "accepted_250": len(accepted), "delivered_once": len(accepted) - len(lost) - len(twice) - len(more),
         "delivered_twice": len(twice), "delivered_more": len(more), "lost": len(lost),
         "delivered_without_250": len(unacknowledged), "client_errors": result["errors"],
-        "replies_4xx": result["refused"], "corrupt": isp_a.status()["queue"]["corrupt"],
+        "replies_4xx": result["refused"], "corrupt": status["queue"]["corrupt"],
+        "relay_alarm": relay["alarm"],
         "left_in_queue": len(isp_a.queue_files()),
     }
     with capsys.disabled():  # the counts are the point of the run: always show them
@@ -332,6 +335,8 @@ def test_kill_9_of_the_relay_under_load_loses_nothing(world: Consortium, capsys:
     assert not more, report
     assert not stalled, f"{stalled} {report}"
     assert report["corrupt"] == 0, f"queue files quarantined after the kills: {report}"
+    # Killed again and again, the relay is never left down silently: the watchdog calls it flapping.
+    assert relay["state"] == "running" and "flapping" in (relay["alarm"] or ""), report
     # A duplicate needs a crash between isp-b's 250 and isp-a recording it: at most the
     # deliveries in flight to isp-b at each kill (relay.destination_concurrency, default 10).
     assert len(twice) <= kills * 10, report

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Config, load
+from appliance.mailstore import maildir_path
 
 APPLIANCE = [sys.executable, "-m", "appliance"]
 
@@ -89,8 +90,7 @@ class Box:
         return json.loads(self.cli("status", "--json", check=False).stdout)
 
     def maildir(self, address: str, folder: str = "") -> Path:
-        local, domain = address.split("@")
-        base = Path(self.cfg.paths.mail_dir) / domain / local
+        base = maildir_path(self.cfg.paths.mail_dir, address)
         return base / f".{folder}" if folder else base
 
     def client_tls(self) -> ssl.SSLContext:

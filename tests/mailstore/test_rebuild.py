@@ -10,7 +10,6 @@ import pytest
 
 from appliance.mailstore import MailStore, MailstoreError
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
-from appliance.mailstore.store import Mailstore
 from tests.mailstore.conftest import SPECIALS, deliver
 
 MSG = b"Subject: r\n\nbody\n"
@@ -78,21 +77,32 @@ def test_corrupt_index_rebuilt_logged_counted(store: MailStore, root: Path, capl
     again.close()
 
 
-def test_old_uidlist_store_migrated_once(root: Path) -> None:
-    old = Mailstore(root, list(SPECIALS), "Outbox")
-    old.ensure()
-    folder = old.folder("INBOX")
-    assert folder is not None
-    for _ in range(3):
-        deliver(root, MSG)
-    folder.sync(force=True)
-    folder.set_flags(2, ["\\Seen", "$Label1", "todo"])
-    folder.expunge([3])
-    u = folder.add(b"Subject: appended\r\n\r\nx\r\n", ["custom"])
-    old.subscribe("Junk", False)
-    validity, uids = folder.uidvalidity, folder.uids()
-    folder.close()
+def _old_store(root: Path) -> tuple[int, list[int]]:
+    """A box as the previous store (appliance-uidlist, removed in issue 13) left it, written by hand.
 
+    Layout: Maildir++ folders, standard flags in the ``:2,`` info, keywords and UIDs only in
+    ``appliance-uidlist`` ("A1 V<uidvalidity> N<nextuid>", then "<uid> <base> <size> [keyword ...]"),
+    and a ``subscriptions`` file of folder names.
+    """
+    validity = 1_700_000_000
+    for folder in ["", *(f".{name}" for name in SPECIALS)]:
+        for sub in ("tmp", "new", "cur"):
+            (root / folder / sub).mkdir(parents=True, exist_ok=True)
+    body = MSG.replace(b"\n", b"\r\n")
+    files = {1: ("1700000001.M1P1Q1.old", "", []), 2: ("1700000002.M2P1Q2.old", "S", ["$Label1", "todo"]),
+             4: ("1700000004.M4P1Q4.old", "", ["custom"])}  # uid 3 was expunged
+    lines = [f"A1 V{validity} N5"]
+    for uid, (base, letters, keywords) in files.items():
+        (root / "cur" / f"{base}:2,{letters}").write_bytes(body)
+        lines.append(" ".join([str(uid), base, str(len(body)), *keywords]))
+    (root / "appliance-uidlist").write_text("\n".join(lines) + "\n")
+    (root / "subscriptions").write_text("".join(f"{n}\n" for n in ["INBOX", *SPECIALS] if n != "Junk"))
+    return validity, sorted(files)
+
+
+def test_old_uidlist_store_migrated_once(root: Path) -> None:
+    validity, uids = _old_store(root)
+    u = 4
     new = MailStore.open(root, SPECIALS, "Outbox")
     box = new.mailbox("INBOX")
     assert box.uidvalidity == validity
@@ -164,7 +174,7 @@ def test_corruption_found_later_is_refused_cleanly_then_rebuilt(root: Path) -> N
     assert size > 16 * 4096 and not Path(str(root / INDEX_FILE) + "-wal").exists()  # all in the main file
     with open(root / INDEX_FILE, "r+b") as fh:  # damage the middle, keep the header readable
         fh.seek(size // 2)
-        fh.write(os.urandom(8 * 4096))
+        fh.write(b"\xff" * (8 * 4096))  # not a valid page type: every read of these pages fails
     count = REBUILDS.value
     s = open_store(root)
     with pytest.raises(MailstoreError) as err:

@@ -17,6 +17,7 @@ import subprocess
 import time
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -156,6 +157,12 @@ def test_imap_pop_and_smtp_login_failures_share_one_count(box: Box) -> None:
         p.pass_(PASSWORD)
     assert err.value.args[0].startswith(b"-ERR [SYS/TEMP] too many authentication failures, retry in")
     p.quit()
+    # The relay counts that refusal under POP, not IMAP (its log line and relay_rate_limited_total{entry}).
+    relay_log = Path(box.cfg.paths.log_dir) / "relay.log"
+    deadline = time.monotonic() + 10
+    while "limited entry=pop limit=auth_failures" not in relay_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the relay did not log the POP refusal as entry=pop"
+        time.sleep(0.1)
     # ...and so is SMTP AUTH, with the right password.
     assert send_smtp(box, "after-failures", source=src).startswith("421 4.7.0 too many authentication failures")
     # IMAP says LIMIT with the retry time.

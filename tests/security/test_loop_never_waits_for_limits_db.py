@@ -100,3 +100,29 @@ def test_submission_while_the_limits_database_is_locked(relay: Relay) -> None:
         time.sleep(0.2)
     shown = run_cli(relay.config_file, "user", "limits", CAROL).stdout
     assert "today (UTC): 1 message(s) accepted" in shown, shown
+
+
+def _submit(relay: Relay, subject: str) -> str:
+    return subprocess.run(
+        ["swaks", "--server", relay.server("submission"), "--tls", "--auth", "PLAIN", "--auth-user", CAROL,
+         "--auth-password", PASSWORD, "--from", CAROL, "--to", "friend@elsewhere.example",
+         "--header", f"Subject: {subject}", "--timeout", "20"],
+        capture_output=True, text=True, timeout=60).stdout
+
+
+def test_written_counts_survive_kill_9(relay: Relay) -> None:
+    for i in range(2):
+        assert "250 2.0.0" in _submit(relay, f"before-{i}")
+    deadline = time.monotonic() + 20
+    while _persisted(relay)[0] != 2:  # the writer's batch reached the file
+        assert time.monotonic() < deadline, f"counts never written: {_persisted(relay)}"
+        time.sleep(0.1)
+    assert relay.proc is not None
+    relay.proc.kill()  # no chance to flush anything
+    relay.proc.wait(timeout=10)
+    relay.proc = None
+    relay.start()
+    for i in range(DAILY - 2):
+        assert "250 2.0.0" in _submit(relay, f"after-{i}")
+    refused = _submit(relay, "one-too-many")
+    assert "450 4.7.1" in refused and "Daily message quota" in refused, refused

@@ -98,6 +98,10 @@ async def prepared(s: Session, cmd: Any) -> list[tuple[bytes, tuple[str, ...], f
         if len(data) > s.append_limit:
             # RFC 7889 §4 / RFC 4469 §6: the message is over the advertised limit.
             raise No(f"message over the APPENDLIMIT of {s.append_limit}", "TOOBIG")
+        if getattr(msg, "binary", False) and data.count(b"\n") != data.count(b"\r\n"):
+            # RFC 3516 §4.4: binary content the store cannot keep unchanged (it serves every bare LF
+            # as CRLF) MUST be refused with NO [UNKNOWN-CTE], never stored altered.
+            raise No("binary content with a bare LF cannot be stored unchanged", "UNKNOWN-CTE")
         flags = tuple(f for f in msg.flags if f.lower() != "\\recent")
         when = msg.date.timestamp() if msg.date is not None else None
         out.append((data, flags, when))

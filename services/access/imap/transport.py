@@ -126,7 +126,7 @@ class IMAPConnection(Protocol, TimeoutMixin):
         if self.session is not None and not self.session.closed:
             self.session.bye("autologout: idle for too long")
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.close()
 
     # --- what the session uses --------------------------------------------------------------
 
@@ -137,6 +137,12 @@ class IMAPConnection(Protocol, TimeoutMixin):
         self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
+        # The output producer must go first: Twisted's TLS layer (and FileDescriptor) only
+        # finishes loseConnection once no producer is registered, so with it left in place
+        # the socket stayed open after LOGOUT's OK and clients such as mbsync waited forever.
+        if self._producer_registered:
+            self._producer_registered = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def start_tls(self) -> bool:

@@ -110,7 +110,7 @@ class POP3Server(Protocol, TimeoutMixin):
             # RFC 3206 §4 SYS/TEMP: a resource shortage that may go away; nothing is read from this client.
             self.transport.write(b"-ERR [SYS/TEMP] " + exc.text.encode() + b"\r\n")
             self._closed = True
-            self.transport.loseConnection()
+            self._lose()
             return
         metrics.SESSIONS.labels("pop3").inc()
         self.transport.registerProducer(self, True)
@@ -136,6 +136,12 @@ class POP3Server(Protocol, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         self._line(b"-ERR Autologout; idle for too long")
+        self._lose()
+
+    def _lose(self) -> None:
+        """Close the connection. The producer goes first: Twisted's TLS layer finishes
+        loseConnection only once no producer is registered (the socket would stay open)."""
+        self.transport.unregisterProducer()  # a no-op when none is registered
         self.transport.loseConnection()
 
     # --- output ---------------------------------------------------------------------------
@@ -245,7 +251,7 @@ class POP3Server(Protocol, TimeoutMixin):
         if self._bad >= (MAX_BAD_BEFORE_LOGIN if self.state == "authorization" else MAX_BAD_LOGGED_IN):
             self._line(b"-ERR Too many invalid bad commands.")
             self._quit = True
-            self.transport.loseConnection()
+            self._lose()
 
     def _wait(self, d: defer.Deferred[Any]) -> None:
         """Hold further commands until D has fired (its callbacks answer the client)."""
@@ -282,7 +288,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._quit = True
         if self.state != "transaction" or self.drop is None:
             self.ok("Logging out")
-            self.transport.loseConnection()
+            self._lose()
             return
         # RFC 1939 §6: QUIT from TRANSACTION enters UPDATE, which removes what was marked deleted.
         self.state = "update"
@@ -300,7 +306,7 @@ class POP3Server(Protocol, TimeoutMixin):
             self.err("[SYS/TEMP] Some deleted messages were not removed")
 
         d.addCallbacks(updated, failed)
-        d.addBoth(lambda _: self.transport.loseConnection())
+        d.addBoth(lambda _: self._lose())
         self._wait(d)
 
     def do_NOOP(self, cmd: Command) -> None:
@@ -385,7 +391,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._login(login, password)
 
     def _login(self, user: str, password: str) -> None:
-        d = self.backend.login(user, password, self.client_ip)
+        d = self.backend.login(user, password, self.client_ip, protocol="pop3")
         d.addCallbacks(self._authenticated, self._login_failed)
         self._wait(d)
 
