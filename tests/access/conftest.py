@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
+from tests.access.imapdiff import RawIMAP
 from tests.helpers.box import Box, make_box, pids_under
 
 PASSWORD = "correct horse battery"
@@ -114,3 +115,18 @@ def inbox_messages(box: Box, user: str) -> list[bytes]:
 def message(sender: str, to: str, subject: str, body: str = "Hello.\r\n", extra: str = "") -> bytes:
     return (f"From: {sender}\r\nTo: {to}\r\n{extra}Subject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}"
             f"@test>\r\nDate: Mon, 30 Nov 2026 12:00:00 +0000\r\n\r\n{body}").encode()
+
+
+def raw_login(box: Box, user: str = "alice", timeout: float = 30) -> RawIMAP:
+    """A raw IMAP connection (STARTTLS), logged in as USER."""
+    c = RawIMAP(box.host("imap"), box.port("imap"), box.client_tls(), timeout=timeout)
+    _, ok = c.command(b'LOGIN "%s@%s" "%s"' % (user.encode(), box.domain.encode(), PASSWORD.encode()))
+    assert ok.startswith(b"OK"), ok
+    return c
+
+
+def raw_ok(c: RawIMAP, cmd: bytes, literal: bytes | None = None) -> list[bytes]:
+    """CMD's untagged lines, asserting the tagged answer is OK."""
+    untagged, tagged = c.command(cmd, literal)
+    assert tagged.startswith(b"OK"), (cmd, untagged, tagged)
+    return untagged

@@ -12,22 +12,12 @@ import base64
 import re
 import zlib
 
-from tests.access.conftest import PASSWORD, message
+from tests.access.conftest import PASSWORD, message, raw_login, raw_ok
 from tests.access.imapdiff import RawIMAP
 from tests.helpers.box import Box
 
-
-def _login(box: Box, user: str = "alice") -> RawIMAP:
-    c = RawIMAP(box.host("imap"), box.port("imap"), box.client_tls())
-    _, ok = c.command(b'LOGIN "%s@%s" "%s"' % (user.encode(), box.domain.encode(), PASSWORD.encode()))
-    assert ok.startswith(b"OK"), ok
-    return c
-
-
-def _ok(c: RawIMAP, cmd: bytes, literal: bytes | None = None) -> list[bytes]:
-    untagged, tagged = c.command(cmd, literal)
-    assert tagged.startswith(b"OK"), (cmd, untagged, tagged)
-    return untagged
+_login = raw_login
+_ok = raw_ok
 
 
 def _uid_of(tagged_or_untagged: bytes) -> int:

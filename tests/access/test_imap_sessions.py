@@ -9,22 +9,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.access.conftest import PASSWORD, imap, message
+from tests.access.conftest import PASSWORD, imap, message, raw_login, raw_ok
 from tests.access.imapdiff import RawIMAP
 from tests.helpers.box import Box
 
 
 def _login(box: Box, user: str = "alice") -> RawIMAP:
-    c = RawIMAP(box.host("imap"), box.port("imap"), box.client_tls(), timeout=120)
-    _, ok = c.command(b'LOGIN "%s@%s" "%s"' % (user.encode(), box.domain.encode(), PASSWORD.encode()))
-    assert ok.startswith(b"OK"), ok
-    return c
+    return raw_login(box, user, timeout=120)
 
 
-def _ok(c: RawIMAP, cmd: bytes, literal: bytes | None = None) -> list[bytes]:
-    untagged, tagged = c.command(cmd, literal)
-    assert tagged.startswith(b"OK"), (cmd, untagged, tagged)
-    return untagged
+_ok = raw_ok
 
 
 def _idle(c: RawIMAP) -> bytes:
