@@ -259,9 +259,9 @@ class RelaySMTP(SMTP):
             return plain.group(1), plain.group(2)
         try:
             address, rest = super()._getaddr(arg)
-        except (IndexError, AttributeError, ValueError, TypeError):
+        except (IndexError, AttributeError, ValueError, TypeError, NameError):
             # The email package's parser fails on some malformed paths instead of raising
-            # HeaderParseError: "<" alone (IndexError), "<a@[t\ufffd]>" (AttributeError), found by
+            # HeaderParseError: "<" alone (IndexError), "<a@[t\ufffd]>" (AttributeError), "@[ " (UnboundLocalError, a NameError), found by
             # tests/fuzz. A path it cannot parse is a syntax error (501), not an internal error (451).
             return None, None
         if address and stripped.startswith("<"):
