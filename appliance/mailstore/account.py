@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from appliance.fsutil import atomic_write
 from appliance.mailstore.errors import MailstoreError
+from appliance.mailstore.fill import fill_in_background
 from appliance.mailstore.index import Index, account_lock
 from appliance.mailstore.mailbox import Mailbox
 from appliance.mailstore.names import DELIMITER, check_name, dir_name, name_of_dir
@@ -65,17 +66,30 @@ class MailStore:
         self.quota = quota  # checked by append/copy_to (NO [OVERQUOTA]); None: unlimited
         self._boxes: dict[str, Mailbox] = {}
         self._boxes_lock = threading.Lock()
+        self.closed = False
+        self.filled: threading.Event | None = None  # set when the background fill is done
 
     @classmethod
     def open(cls, root: str | Path, special_folders: Iterable[str] = (), outbox: str = "",
-             quota: QuotaLimits | None = None) -> MailStore:
-        """Open ROOT's store, creating INBOX, the special folders and the Outbox (subscribed when created)."""
+             quota: QuotaLimits | None = None, background_fill: bool = True) -> MailStore:
+        """Open ROOT's store, creating INBOX, the special folders and the Outbox (subscribed when created).
+
+        BACKGROUND_FILL: complete what an import left for later (fill.py) in a thread; without it
+        the rows are completed on demand only.
+        """
         root = Path(root)
         make_maildir(root)
         with account_lock(root):
             store = cls(root, Index.open(root), quota)
             store._reconcile([*special_folders, *([outbox] if outbox else [])])
+        if background_fill:
+            store.filled = fill_in_background(store)
         return store
+
+    def finish_fill(self) -> None:
+        """Wait until the background fill (fill.py) of this store has ended."""
+        if self.filled is not None:
+            self.filled.wait()
 
     def _path(self, name: str) -> Path:
         return self.root if name == "INBOX" else self.root / dir_name(name)
@@ -285,4 +299,5 @@ class MailStore:
             raise MailstoreError(err.text, code="OVERQUOTA")  # RFC 9208 §4.3 / RFC 5530
 
     def close(self) -> None:
+        self.closed = True  # the background fill stops after its batch
         self.index.close()

@@ -11,11 +11,14 @@ transaction hands out must never be handed out again (RFC 3501 §2.3.1.1), and
 in WAL mode a commit costs one fsync of the log, a small price next to the
 two fsyncs each message file already gets.
 
-One connection per thread (``threading.local``): the store is called from
-worker threads, and one connection shared between them would interleave
-transactions. A generation number lets ``close`` (e.g. by the LRU of open
-stores) close every thread's connection; a thread that uses the store again
-opens a new one.
+A small pool of connections per account: an operation checks one out and
+returns it (``MAX_IDLE`` are kept). Concurrent operations on one account
+never share a connection, which would interleave their transactions; and
+since the access service serializes each account's writes, one or two
+connections serve it. (One connection per worker thread, as before, made
+8 threads x 20 open accounts = 160 connections and their caches.) A
+generation number lets ``close`` (e.g. by the LRU of open stores) retire
+every connection; the next operation opens a new one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ BROKEN_FILE = "appliance-index.broken"  # set when an operation met corruption: 
 LOCK_FILE = "appliance-index.lock"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+MAX_IDLE = 2  # connections kept per account between operations
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -69,6 +73,8 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS messages_modseq ON messages (mailbox_id, modseq);
 CREATE INDEX IF NOT EXISTS messages_stem ON messages (mailbox_id, stem);
+-- Rows a fast import left to be completed (fill.py): found without a scan, and empty once filled.
+CREATE INDEX IF NOT EXISTS messages_unfilled ON messages (mailbox_id, uid) WHERE internaldate < 0;
 -- Partial indexes of an early version, replaced by the counters in `mailboxes`.
 DROP INDEX IF EXISTS messages_unseen;
 DROP INDEX IF EXISTS messages_deleted;
@@ -118,8 +124,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
-    # 128 KiB per connection: there is one per (pool thread, open account), so 8 threads x 20 accounts
-    # at 4 MB each was 640 MB of RSS; the OS page cache holds the file anyway (a 100,000-row range
+    # 128 KiB per connection: there are up to MAX_IDLE per open account (64 of them), and 4 MB each
+    # would be hundreds of MB of RSS; the OS page cache holds the file anyway (a 100,000-row range
     # scan measured the same with 256 KiB as with 4 MB). A large transaction spills to the WAL early.
     db.execute("PRAGMA cache_size=-128")
     return db
@@ -152,14 +158,14 @@ def account_lock(root: Path) -> Iterator[None]:
 
 
 class Index:
-    """The SQLite index of one account. Thread-safe; each thread gets its own connection."""
+    """The SQLite index of one account. Thread-safe; each operation checks out its own connection."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.path = root / INDEX_FILE
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[sqlite3.Connection] = []  # every open connection (checked out or idle)
+        self._idle: list[tuple[int, sqlite3.Connection]] = []  # (generation, connection)
         self._generation = 0
         self._active = 0  # operations running (in any thread): close() waits for them
         self._close_pending = False
@@ -217,22 +223,42 @@ class Index:
         self.rebuilt = True
 
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection (opened on first use, or again after ``close``)."""
-        got = getattr(self._local, "conn", None)
-        if got is not None and got[0] == self._generation:
-            return got[1]
+        """A connection for ``open`` (single-threaded, under the account lock); it joins the pool."""
+        gen, db = self._checkout()
+        self._checkin(gen, db)
+        return db
+
+    def _checkout(self) -> tuple[int, sqlite3.Connection]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()  # close() empties the list, so an idle one is current
+            gen = self._generation
         db = _connect(self.path)
         with self._lock:
             self._conns.append(db)
-            self._local.conn = (self._generation, db)
-        return db
+        return gen, db
+
+    def _checkin(self, gen: int, db: sqlite3.Connection) -> None:
+        if db.in_transaction:  # a COMMIT that failed (disk full...): never hand on an open transaction
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                gen = -1  # unusable: close it
+        with self._lock:
+            if gen == self._generation and len(self._idle) < MAX_IDLE:
+                self._idle.append((gen, db))
+                return
+            if db in self._conns:
+                self._conns.remove(db)
+        db.close()
 
     @contextmanager
     def _using(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._active += 1
+        gen, db = self._checkout()
         try:
-            yield self.conn()
+            yield db
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
                 raise MailstoreError("not enough disk space", code="OVERQUOTA") from exc  # SQLITE_FULL
@@ -246,6 +272,7 @@ class Index:
                 (self.root / BROKEN_FILE).touch()
             raise MailstoreError("the mail index is damaged; try again", code="SERVERBUG") from exc
         finally:
+            self._checkin(gen, db)
             with self._lock:
                 self._active -= 1
                 idle_close = self._active == 0 and self._close_pending
@@ -275,7 +302,7 @@ class Index:
                 db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every thread's connection now, or when the last running operation ends.
+        """Close every connection now, or when the last running operation ends.
 
         The next use in any thread opens a new connection, so closing a store someone
         still holds (the LRU evicting it) costs a reopen, never an error.
@@ -286,6 +313,7 @@ class Index:
                 return
             self._close_pending = False
             conns, self._conns = self._conns, []
+            self._idle = []
             self._generation += 1
         for db in conns:
             try:

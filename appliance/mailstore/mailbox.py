@@ -26,12 +26,13 @@ import logging
 import os
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from appliance.fsutil import atomic_write, fsync_dir
+from appliance.mailstore import fill
 from appliance.mailstore.errors import MailstoreError
 from appliance.mailstore.maildir import (
     DELETED,
@@ -134,6 +135,7 @@ class Mailbox:
         self.name = name
         self.uidvalidity = uidvalidity
         self._uids: tuple[int, int, array] | None = None  # (HIGHESTMODSEQ, UIDNEXT, UIDs) of the last state()
+        self.unfilled = True  # until fill.complete finds no row a fast import left unfilled
         self._set_path(path)
 
     def _set_path(self, path: Path) -> None:
@@ -242,7 +244,21 @@ class Mailbox:
         self._uids = (hms, uidnext, uids)  # 4 bytes a UID (RFC 9051 §2.3.1.1: 32-bit)
         return MailboxState(uidnext, hms, count, uids if shared else array("L", uids))
 
-    def records(self, uids: Sequence[int]) -> list[Record]:
+    def _filled(self, out: list[Record], again: Callable[[], list[Record]]) -> list[Record]:
+        """OUT, or AGAIN() once the rows a fast import left unfilled are complete (fill.py): never a -1."""
+        pending = [r.uid for r in out if r.internaldate < 0]
+        if not pending:
+            return out
+        fill.complete(self, pending)
+        return again()
+
+    def records(self, uids: Sequence[int], complete: bool = True) -> list[Record]:
+        """The records of UIDS, ascending. COMPLETE=False: size and internaldate may be -1 (unfilled,
+        fill.py) for a caller that reads only UIDs, flags and MODSEQs."""
+        out = self._records(uids)
+        return self._filled(out, lambda: self._records(uids)) if complete else out
+
+    def _records(self, uids: Sequence[int]) -> list[Record]:
         wanted = sorted(set(uids))
         out: list[Record] = []
         with self._ix.read() as db:
@@ -254,7 +270,12 @@ class Mailbox:
         out.sort()
         return out
 
-    def records_range(self, ranges: list[tuple[int, int]]) -> list[Record]:
+    def records_range(self, ranges: list[tuple[int, int]], complete: bool = True) -> list[Record]:
+        """The records in the UID RANGES, ascending; COMPLETE as for ``records``."""
+        out = self._records_range(ranges)
+        return self._filled(out, lambda: self._records_range(ranges)) if complete else out
+
+    def _records_range(self, ranges: list[tuple[int, int]]) -> list[Record]:
         out: list[Record] = []
         with self._ix.read() as db:
             self._row(db)
@@ -266,6 +287,13 @@ class Mailbox:
 
     def changes_since(self, modseq: int) -> tuple[list[Record], list[int]]:
         """Records changed (or added) after MODSEQ, and UIDs expunged after it (RFC 7162 §3.2.5.2 VANISHED)."""
+        changed, gone = self._changes_since(modseq)
+        if any(r.internaldate < 0 for r in changed):
+            fill.complete(self, [r.uid for r in changed if r.internaldate < 0])
+            changed, gone = self._changes_since(modseq)
+        return changed, gone
+
+    def _changes_since(self, modseq: int) -> tuple[list[Record], list[int]]:
         with self._ix.read() as db:
             self._row(db)
             changed = [_record(r) for r in db.execute(
@@ -306,10 +334,11 @@ class Mailbox:
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(p, here)
                     return here
-        # Flags changed by another Maildir tool, or a concurrent STORE renamed it: one listing.
-        prefix = stem + ":2,"
+        # Flags changed by another Maildir tool, or a concurrent STORE renamed it: one listing. A fill
+        # batch that renamed the file and then lost its commit left it named with its UID (fill.py).
+        prefix, named = stem + ":2,", f"{base},U={uid}:2,"
         for n in os.listdir(self._d + "/cur"):
-            if n.startswith(prefix) or n == stem:
+            if n.startswith(prefix) or n == stem or n.startswith(named):
                 return f"{self._d}/cur/{n}"
         return None
 
@@ -321,7 +350,11 @@ class Mailbox:
         return Path(p)
 
     def size_of(self, uid: int) -> int:
-        return self._entry(uid)[2]
+        size = self._entry(uid)[2]
+        if size < 0:
+            fill.complete(self, [uid])
+            size = self._entry(uid)[2]
+        return size
 
     def read(self, uid: int) -> bytes:
         """The message with CRLF line endings; MailstoreError(EXPUNGEISSUED) if it is gone."""
@@ -349,6 +382,7 @@ class Mailbox:
         if action not in ("set", "add", "remove"):
             raise ValueError(action)
         wanted = sorted(set(uids))
+        fill.complete(self, wanted)  # the changed records carry sizes and dates (a no-op once filled)
         changed: list[Record] = []
         failed: list[int] = []
         with self._ix.write() as db:
@@ -484,6 +518,7 @@ class Mailbox:
 
     def copy_to(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
         """Hard-link UIDS into DEST (flags, keywords and internal date kept); (source, dest) UID pairs."""
+        fill.complete(self, uids)  # sizes and dates must be known to be copied (a no-op once filled)
         with self._ix.read() as db:
             self._row(db)
             rows = []
@@ -551,7 +586,7 @@ class Mailbox:
             db.executemany("INSERT OR REPLACE INTO expunged(mailbox_id, uid, modseq) VALUES (?, ?, ?)",
                            [(self.id, r[0], modseq) for r in rows])
             db.execute("UPDATE mailboxes SET highestmodseq = ?, messages = messages - ?, bytes = bytes - ? "
-                       "WHERE id = ?", (modseq, len(rows), sum(r[3] for r in rows), self.id))
+                       "WHERE id = ?", (modseq, len(rows), sum(max(r[3], 0) for r in rows), self.id))
             adjust_counts(db, self.id, (), [r[2] for r in rows])
             top = db.execute("SELECT max(uid) FROM messages WHERE mailbox_id = ?", (self.id,)).fetchone()[0] or 0
         if rows[-1][0] > top:

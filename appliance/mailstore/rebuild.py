@@ -8,7 +8,7 @@ What is recovered, and from where:
   uidlist's header, so clients keep their caches;
 * standard flags from the info letters, keywords from the old uidlist only
   (since then they live in the index alone: a lost index loses keywords);
-* sizes from ``,W=`` (or the old uidlist), else by reading the file once.
+* sizes from ``,W=`` (or the old uidlist), else by reading the file once, later (fill.py).
 
 MODSEQs restart above any value issued before (RFC 7162 §3.1.1: strictly
 increasing): the new HIGHESTMODSEQ is the time in microseconds. A store issues
@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.mailstore.fill import file_size, mark_pending, names_pending
 from appliance.mailstore.mailbox import VALIDITY_FILE, adjust_counts, write_validity
 from appliance.mailstore.maildir import (
     DELETED,
     SEEN,
     bits_of_letters,
-    crlf_size,
     letters_of_bits,
     split_name,
     uid_in,
@@ -51,10 +51,11 @@ def rebuild_modseq() -> int:
     return int(time.time() * 1_000_000)
 
 
-def new_uidvalidity(db: sqlite3.Connection) -> int:
-    """A UIDVALIDITY above every one this account used (RFC 3501 §2.3.1.1: a re-created name gets a greater one)."""
+def new_uidvalidity(db: sqlite3.Connection, above: int = 0) -> int:
+    """A UIDVALIDITY above every one this account used, and above ABOVE (RFC 3501 §2.3.1.1: a
+    re-created name gets a greater one)."""
     row = db.execute("SELECT value FROM meta WHERE key = 'last_uidvalidity'").fetchone()
-    v = max(int(time.time()), (int(row[0]) + 1) if row else 0)
+    v = max(int(time.time()), (int(row[0]) + 1) if row else 0, above + 1)
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_uidvalidity', ?)", (v,))
     return v
 
@@ -97,21 +98,7 @@ def read_old_uidlist(path: Path) -> tuple[int, int, dict[str, tuple[int, int, li
 
 def _size(path: str, stem: str) -> int | None:
     size = vsize_in(stem)
-    if size is not None:
-        return size
-    # os.open/os.read, not open(): an index build reads every file without a size in its name
-    # (100,000 of them for a large INBOX), and the buffered-file object costs more than the read.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return crlf_size(b"".join(chunks))
+    return size if size is not None else file_size(path)
 
 
 def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: str | None) -> None:
@@ -124,65 +111,69 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     fresh = validity is None
     if validity is None:
         validity = new_uidvalidity(db)
+    if names_pending(str(path)) and not fresh:
+        # The index was lost while some files carried their UID in the index only (fill.py): those
+        # UIDs cannot be recovered, and a change of UIDs MUST show as a new UIDVALIDITY (RFC 3501 §2.3.1.1).
+        validity = new_uidvalidity(db, above=validity)
     cur = f"{path}/cur"
-    taken: dict[int, tuple[str, int, str, int, float]] = {}
-    unnumbered: list[tuple[float, str, str, int]] = []
-    renames: list[tuple[str, str]] = []
+    # Only the listing: no stat, read or rename per file here. Internal dates, sizes missing from
+    # the names and UIDs missing from the names are filled in later (fill.py), so the first open of
+    # a large Maildir costs about what Dovecot's does. Rows with internaldate -1 are "unfilled".
+    taken: dict[int, tuple[str, int, str, int]] = {}
+    unnumbered: list[tuple[str, str]] = []
+    unnamed = False
+    letters: dict[str, int] = {}  # info letters -> flag bits: a mailbox has a handful of combinations
     for n in os.listdir(cur):
         if n.startswith("."):
             continue
-        stem, info = split_name(n)
-        p = f"{cur}/{n}"
-        try:
-            mtime = os.stat(p).st_mtime
-        except FileNotFoundError:
-            continue
-        entry = listed.get(stem)
-        uid = entry[0] if entry else uid_in(stem)
-        size = entry[1] if entry else _size(p, stem)
-        if size is None:
-            continue
-        kws = " ".join(sorted(set(entry[2]))) if entry else ""
+        stem, _, info = n.partition(":2,")
+        bits = letters.get(info)
+        if bits is None:
+            bits = letters[info] = bits_of_letters(info)
+        entry = listed.get(stem) if listed else None
+        # The substring tests first: most names carry neither, and the regular expressions cost more.
+        named = uid_in(stem) if ",U=" in stem else None
+        uid = entry[0] if entry else named
+        size = entry[1] if entry else (vsize_in(stem) if ",W=" in stem else None)
         if uid is None or uid in taken:
-            unnumbered.append((mtime, n, stem, size))
+            unnumbered.append((stem, bits, -1 if size is None else size))
             continue
-        if entry and uid_in(stem) != uid:
-            # Listed by the old uidlist but not named with its UID: name it now, so a later
-            # rebuild (the list is gone by then) recovers the same UID (RFC 3501 §2.3.1.1).
-            new_stem = f"{without_uid(stem)},U={uid}"
-            renames.append((n, f"{new_stem}:2,{info}"))
-            stem = new_stem
-        taken[uid] = (stem, bits_of_letters(info), kws, size, mtime)
+        unnamed = unnamed or named != uid
+        taken[uid] = (stem, bits, " ".join(sorted(set(entry[2]))) if entry else "", -1 if size is None else size)
     uidnext = max(floor, max(taken, default=0) + 1)
-    for mtime, n, stem, size in sorted(unnumbered):
-        new_stem = f"{without_uid(stem)},U={uidnext}"
-        bits = bits_of_letters(split_name(n)[1])
-        taken[uidnext] = (new_stem, bits, "", size, mtime)
-        renames.append((n, f"{new_stem}:2,{letters_of_bits(bits)}"))
+    # Maildir names start with the delivery time: name order is delivery order (as Dovecot takes it).
+    unnumbered.sort()
+    for stem, bits, size in unnumbered:
+        taken[uidnext] = (stem, bits, "", size)
         uidnext += 1
+    unnamed = unnamed or bool(unnumbered)
     modseq = 1 if fresh and not taken else rebuild_modseq()
     cursor = db.execute("INSERT INTO mailboxes(name, uidvalidity, uidnext, highestmodseq, special_use, "
                         "first_recent_uid, messages, bytes, unseen, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (name, validity, uidnext, modseq, special_use, uidnext, len(taken),
-                         sum(t[3] for t in taken.values()), sum(1 for t in taken.values() if not t[1] & SEEN),
+                         sum(t[3] for t in taken.values() if t[3] > 0),
+                         sum(1 for t in taken.values() if not t[1] & SEEN),
                          sum(1 for t in taken.values() if t[1] & DELETED)))
     mid = cursor.lastrowid
+    # A large import touches four B-trees per row; the connections' small page cache (index.py)
+    # would evict and re-read their pages all along. 16 MiB for this statement only.
+    (cache,) = db.execute("PRAGMA cache_size").fetchone()
+    db.execute("PRAGMA cache_size=-16384")
     db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, keywords, size, internaldate, modseq) "
-                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [(mid, uid, *t, modseq) for uid, t in taken.items()])
+                   "VALUES (?, ?, ?, ?, ?, ?, -1, ?)",
+                   [(mid, uid, *t, modseq) for uid, t in sorted(taken.items())])
+    db.execute(f"PRAGMA cache_size={int(cache)}")
     kws = {k for t in taken.values() for k in t[2].split()}
     with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
         kws |= set((path / OLD_KEYWORDS).read_text().split())
     db.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, keyword) VALUES (?, ?)", [(mid, k) for k in kws])
-    # Renamed before the commit: a crash leaves the files with their new UIDs and the index
-    # without them, which the next import reads the same way (the floor below still holds).
-    for old_name, new_name in renames:
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(f"{cur}/{old_name}", f"{cur}/{new_name}")
+    if unnamed:
+        mark_pending(str(path))  # durable before the commit, so a lost index is known to have lost UIDs
     write_validity(path, validity, uidnext)
     if old is not None:
         # Imported once: from now on the index is the truth (a later rebuild must not bring back
-        # this list's stale keywords). UIDs stay recoverable: every file is named ,U= by now.
+        # this list's stale keywords). UIDs stay recoverable once the fill has named every file
+        # ,U=; until then the pending-names marker makes a lost index take a new UIDVALIDITY.
         os.replace(path / OLD_UIDLIST, path / (OLD_UIDLIST + ".migrated"))
 
 
@@ -201,7 +192,10 @@ def rescan(box: Mailbox) -> None:
         rows = {r[0]: (r[1], r[2]) for r in db.execute(
             "SELECT stem, uid, flags FROM messages WHERE mailbox_id = ?", (mid,))}
         known_uids = {uid for uid, _ in rows.values()}
-        flag_updates, inserts, gone = [], [], []
+        # Rows whose file is not yet named with its UID (fill.py): a batch may have renamed the file
+        # and lost its commit, so the file is "<stem>,U=<uid>" while the row still says "<stem>".
+        unnamed = {uid: s for s, (uid, _) in rows.items() if uid_in(s) != uid}
+        flag_updates, inserts, gone, stem_fixes = [], [], [], []
         before: list[int] = []
         after: list[int] = []
         for stem, n in files.items():
@@ -214,6 +208,9 @@ def rescan(box: Mailbox) -> None:
                     after.append(bits)
                 continue
             uid = uid_in(stem)
+            if uid is not None and unnamed.get(uid) == without_uid(stem):
+                stem_fixes.append((stem, mid, uid))
+                continue
             if uid is not None and db.execute("SELECT 1 FROM expunged WHERE mailbox_id = ? AND uid = ?",
                                               (mid, uid)).fetchone():
                 unlinks.append(n)  # expunged, but the unlink after the commit did not happen
@@ -236,6 +233,8 @@ def rescan(box: Mailbox) -> None:
         for stem, (uid, _) in rows.items():
             if stem not in files and box._locate(uid, stem, 0) is None:
                 gone.append(uid)
+        if stem_fixes:
+            db.executemany("UPDATE messages SET stem = ? WHERE mailbox_id = ? AND uid = ?", stem_fixes)
         if flag_updates:
             db.executemany("UPDATE messages SET flags = ?, modseq = ? WHERE mailbox_id = ? AND uid = ?", flag_updates)
         if inserts:
@@ -245,7 +244,7 @@ def rescan(box: Mailbox) -> None:
             keys = [(mid, u) for u in gone]
             gone_rows = [db.execute("SELECT size, flags FROM messages WHERE mailbox_id = ? AND uid = ?", k).fetchone()
                          for k in keys]
-            sizes = sum(r[0] for r in gone_rows)
+            sizes = sum(max(r[0], 0) for r in gone_rows)  # -1: an unfilled size, never counted
             before.extend(r[1] for r in gone_rows)
             db.executemany("DELETE FROM messages WHERE mailbox_id = ? AND uid = ?", keys)
             db.executemany("DELETE FROM cache WHERE mailbox_id = ? AND uid = ?", keys)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance.mailstore import MailStore, MailstoreError
+from appliance.mailstore.fill import PENDING_NAMES
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
 from tests.mailstore.conftest import SPECIALS, deliver
 
@@ -117,7 +118,9 @@ def test_old_uidlist_store_migrated_once(root: Path) -> None:
     # Once: the old list is not read again (a change made since survives a reopen, and a rebuild).
     again = MailStore.open(root, SPECIALS, "Outbox")
     assert again.mailbox("INBOX").records([1])[0].flags == ("later",)
+    again.finish_fill()  # the old store's files get their UIDs in their names (fill.py)
     again.close()
+    assert not (root / PENDING_NAMES).exists()
     assert not (root / "appliance-uidlist").exists()
     for suffix in ("", "-wal", "-shm"):
         Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
@@ -187,3 +190,84 @@ def test_corruption_found_later_is_refused_cleanly_then_rebuilt(root: Path) -> N
     rebuilt = again.mailbox("INBOX")
     assert rebuilt.uidvalidity == uidvalidity and list(rebuilt.state().uids) == list(range(1, 3001))
     close_all()
+
+
+def _foreign_maildir(root: Path, count: int) -> list[bytes]:
+    """COUNT messages as another server left them in cur/: no ,U= and no ,W= in the names, LF endings."""
+    (root / "cur").mkdir(parents=True)
+    bodies = []
+    for i in range(count):
+        body = b"Subject: old %d\n\n%s\n" % (i, b"x" * i)
+        (root / "cur" / f"{1_600_000_000 + i}.M{i}P1.oldhost:2,{'S' if i % 2 else ''}").write_bytes(body)
+        os.utime(root / "cur" / f"{1_600_000_000 + i}.M{i}P1.oldhost:2,{'S' if i % 2 else ''}",
+                 (1_600_000_000 + i, 1_600_000_000 + i))
+        bodies.append(body)
+    return bodies
+
+
+def _drop_index(root: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
+
+
+def test_foreign_maildir_is_indexed_first_and_filled_later(root: Path) -> None:
+    """The first open only lists cur/; sizes, dates and UID names come later, never wrong (fill.py)."""
+    bodies = _foreign_maildir(root, 30)
+    store = MailStore.open(root, background_fill=False)
+    box = store.mailbox("INBOX")
+    assert list(box.state().uids) == list(range(1, 31))  # name order is delivery order
+    assert not any(",U=" in n for n in os.listdir(root / "cur"))  # nothing renamed yet
+    assert (root / PENDING_NAMES).exists()
+    # What a client asks for is completed on demand: right sizes (CRLF) and dates (mtime).
+    rec = box.records([7])[0]
+    assert rec.size == len(bodies[6].replace(b"\n", b"\r\n")) and rec.internaldate == 1_600_000_006
+    assert box.read(7) == bodies[6].replace(b"\n", b"\r\n")
+    assert [n for n in os.listdir(root / "cur") if ",U=" in n] == [f"{1_600_000_006}.M6P1.oldhost,U=7:2,"]
+    assert all(r.size > 0 and r.internaldate > 0 for r in box.records_range([(1, 30)]))
+    assert store.status("INBOX").size == sum(len(b.replace(b"\n", b"\r\n")) for b in bodies)
+    assert all(",U=" in n for n in os.listdir(root / "cur")) and not (root / PENDING_NAMES).exists()
+    validity = box.uidvalidity
+    store.close()
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    box = again.mailbox("INBOX")
+    assert box.uidvalidity == validity and list(box.state().uids) == list(range(1, 31))
+    assert box.records([30])[0].size == len(bodies[29].replace(b"\n", b"\r\n"))
+    again.close()
+
+
+def test_background_fill_names_every_file(root: Path) -> None:
+    _foreign_maildir(root, 25)
+    store = MailStore.open(root)
+    store.finish_fill()
+    names = os.listdir(root / "cur")
+    assert sorted(int(n.split(",U=")[1].split(":")[0]) for n in names) == list(range(1, 26))
+    assert not (root / PENDING_NAMES).exists()
+    assert store.status("INBOX").size > 0
+    store.close()
+
+
+def test_index_lost_before_the_names_were_written_changes_uidvalidity(root: Path) -> None:
+    """RFC 3501 §2.3.1.1: UIDs that cannot be recovered MUST show as a new UIDVALIDITY."""
+    _foreign_maildir(root, 10)
+    store = MailStore.open(root, background_fill=False)
+    validity = store.mailbox("INBOX").uidvalidity
+    store.close()
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    assert again.mailbox("INBOX").uidvalidity > validity
+    again.close()
+
+
+def test_fill_renamed_but_lost_its_commit(root: Path) -> None:
+    """A crash after a fill batch renamed a file and before its commit: the file is found, not duplicated."""
+    bodies = _foreign_maildir(root, 3)
+    store = MailStore.open(root, background_fill=False)
+    box = store.mailbox("INBOX")
+    name = f"{1_600_000_001}.M1P1.oldhost"
+    os.rename(root / "cur" / f"{name}:2,S", root / "cur" / f"{name},U=2:2,S")  # the batch's rename only
+    assert box.read(2) == bodies[1].replace(b"\n", b"\r\n")
+    box.rescan()
+    assert list(box.state().uids) == [1, 2, 3]
+    assert box.records([2])[0].flags == ("\\Seen",)
+    store.close()

@@ -153,12 +153,19 @@ def flags_item(flags: tuple[str, ...], recent: bool) -> bytes:
     return got
 
 
-def _read(mbox: Any, chunk: list[int]) -> list[Any]:
+# Items answered from a record's UID, flags and MODSEQ alone: a FETCH of only these (a client's
+# flag resync, FETCH 1:* (UID FLAGS)) does not wait for sizes and dates a fresh import has not
+# filled in yet (appliance/mailstore/fill.py).
+_NO_FILL_ITEMS = frozenset({"UID", "FLAGS", "MODSEQ"})
+
+
+def _read(mbox: Any, chunk: list[int], atts: tuple[FetchAtt, ...]) -> list[Any]:
     """The records of CHUNK (ascending UIDs): one range scan when they are dense (1:*), else by key."""
+    complete = any(a.name not in _NO_FILL_ITEMS for a in atts)
     if chunk and chunk[-1] - chunk[0] < 2 * len(chunk):
         wanted = set(chunk)
-        return [r for r in mbox.records_range([(chunk[0], chunk[-1])]) if r.uid in wanted]
-    return mbox.records(chunk)
+        return [r for r in mbox.records_range([(chunk[0], chunk[-1])], complete=complete) if r.uid in wanted]
+    return mbox.records(chunk, complete=complete)
 
 
 def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], seen: bool, changedsince: int | None,
@@ -167,7 +174,7 @@ def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], see
     (numbered from VIEW, the session's UID array, which no command changes while FETCH runs: RFC 9051
     §7.5.1 keeps expunges out of FETCH); (responses, next pos, records whose flags this FETCH changed)."""
     chunk = uids[pos:pos + BATCH_RECORDS]
-    records = _read(mbox, chunk)
+    records = _read(mbox, chunk, atts)
     if changedsince is not None:
         records = [r for r in records if r.modseq > changedsince]
     changed: list[Any] = []
