@@ -224,6 +224,60 @@ class RelayRoute(_Model):
         return out
 
 
+class ResolverConfig(_Model):
+    """The DNS resolver the relay asks for SPF, DKIM, DMARC, ARC and DNSBL records (relay.outsiders = "verify")."""
+
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description="Resolver addresses (IPv4 or IPv6) asked in order; empty: those in /etc/resolv.conf.",
+    )
+    port: Port = Field(53, description="UDP/TCP port of `relay.resolver.nameservers`.")
+    timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="Seconds one lookup may take before it counts as a temporary DNS failure (`451 4.4.3`).",
+    )
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for a in v:
+            try:
+                out.append(str(ipaddress.ip_address(a)))
+            except ValueError:
+                raise ValueError(f"{a!r} is not an IP address") from None
+        return out
+
+
+class VerifyConfig(_Model):
+    """How port 25 verifies mail from outside the consortium (docs/internet.md)."""
+
+    authserv_id: str = Field(
+        "", description="The authserv-id of this box's Authentication-Results headers (RFC 8601 2.5); "
+        "empty: box.hostname."
+    )
+    dnsbl_zones: list[str] = Field(
+        default_factory=list,
+        description="DNS block lists asked for each outside client's address (e.g. `zen.spamhaus.org`); "
+        "a listed client is refused with `554 5.7.1`. Empty: none asked.",
+    )
+    arc_trusted_sealers: list[str] = Field(
+        default_factory=list,
+        description="Domains (ARC-Seal d=) whose valid ARC chain (RFC 8617) overrides a DMARC failure: "
+        "forwarders and lists you trust to have verified the original. Empty: ARC is reported, never trusted.",
+    )
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv(cls, v: str) -> str:
+        return _check_domain(v) if v else v
+
+    @field_validator("dnsbl_zones", "arc_trusted_sealers")
+    @classmethod
+    def _zones(cls, v: list[str]) -> list[str]:
+        return [_check_domain(d) for d in v]
+
+
 class RelayConfig(_Model):
     """The SMTP relay: sizes, routing, retries."""
 
@@ -233,6 +287,14 @@ class RelayConfig(_Model):
         "refuse",
         description="Mail for a domain that is neither local nor a member's: `refuse` (bounce 5.7.1) or `mx` (DNS MX).",
     )
+    outsiders: Literal["refuse", "verify"] | None = Field(
+        None,
+        description="What port 25 does with a client that is not an active member's relay: `refuse` (`554 5.7.1` "
+        "at the greeting) or `verify` (mail for local domains only, checked with SPF, DKIM, DMARC and ARC, "
+        "docs/internet.md). Unset: `refuse` for box.role `member`, `verify` for `edge`.",
+    )
+    resolver: ResolverConfig = Field(default_factory=ResolverConfig, description="DNS resolver for `verify`.")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Settings of `outsiders = \"verify\"`.")
     relay_domains: list[str] = Field(
         default_factory=list,
         description="Domains this box accepts on port 25 and relays onward (e.g. sponsored edge boxes); "
@@ -380,6 +442,19 @@ class LimitsConfig(_Model):
     )
     member_default_per_minute: float = Field(600, gt=0, description="Member message rate when its registry entry has none.")
     member_default_burst: int = Field(200, ge=1, description="Member burst when its registry entry has none.")
+    member_default_connections: int = Field(
+        20, gt=0, description="Concurrent connections from one member when its registry entry gives no "
+        "`limits.connections` (docs/practice.md: at most the code of practice's bound)."
+    )
+    outsider_messages_per_minute_per_ip: float = Field(
+        10, gt=0, description="Messages per minute from one outside client address (IPv6 /64), "
+        "`relay.outsiders = \"verify\"`; then `450 4.7.1`."
+    )
+    outsider_burst_per_ip: int = Field(20, ge=1, description="Burst of messages from one outside client address.")
+    outsider_messages_per_minute_per_net: float = Field(
+        30, gt=0, description="Messages per minute from one outside /24 (IPv6 /48) together; then `450 4.7.1`."
+    )
+    outsider_burst_per_net: int = Field(60, ge=1, description="Burst of messages from one outside /24 (IPv6 /48).")
     abuse_brake: AbuseBrakeConfig = Field(default_factory=AbuseBrakeConfig, description="The abuse brake.")
 
     @field_validator("classes")
@@ -430,6 +505,15 @@ class Config(_Model):
 
     def dkim_domains(self) -> list[str]:
         return self.dkim.domains or list(self.box.domains)
+
+    @property
+    def outsiders(self) -> str:
+        """relay.outsiders with its role default: `refuse` or `verify`."""
+        return self.relay.outsiders or ("verify" if self.box.role == "edge" else "refuse")
+
+    @property
+    def authserv_id(self) -> str:
+        return self.relay.verify.authserv_id or self.box.hostname
 
 
 def _format_error(path: str, err: dict[str, Any]) -> str:

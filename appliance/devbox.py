@@ -84,6 +84,7 @@ def init_dev(
     host: str = "127.0.0.1",
     hostname: str | None = None,
     force: bool = False,
+    internet: bool = False,
 ) -> DevBox:
     d = Path(directory).resolve()
     cfg_file = d / "appliance.toml"
@@ -117,7 +118,8 @@ def init_dev(
             name: {"host": "127.0.0.1" if name in ("metrics", "access_metrics") else host, "port": port, "tls": LISTENER_TLS[name]}
             for name, port in ports.items()
         },
-        "relay": {"ca_file": str(cert)},
+        # --internet: port 25 also takes mail from outside the consortium, verified (docs/internet.md).
+        "relay": {"ca_file": str(cert), **({"outsiders": "verify"} if internet else {})},
         # A real TUF repository under DIR, synced through a file:// URL (no web server needed);
         # `appliance registry serve DIR/registry-repo` serves the same tree over HTTP.
         "registry": {

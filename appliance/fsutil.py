@@ -17,7 +17,6 @@ content, and a secret is never readable by anyone else, not even for a moment":
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 # The suffix marks our temporary files, so a crashed writer's leftovers can be found and removed.
@@ -66,7 +65,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str, *, mode: int =
     p = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     remove_leftovers(p)
-    tmp = p.parent / f".{p.name}{TMP_MARK}{secrets.token_hex(6)}"
+    # os.urandom is what secrets.token_hex reads; importing secrets would load OpenSSL (hmac) into
+    # every process that writes a file, the stdlib-only watchdog included.
+    tmp = p.parent / f".{p.name}{TMP_MARK}{os.urandom(6).hex()}"
     fd = _open_exclusive(tmp, mode)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -31,6 +31,12 @@ INTERNAL_ERRORS = Counter("relay_internal_errors_total", "Unexpected exceptions 
 REGISTRY_RELOADS = Counter("relay_registry_reloads_total", "Registry snapshot reloads by result (ok, failed)", ["result"])
 REGISTRY_MEMBERS = Gauge("relay_registry_members", "Members in the current registry snapshot")
 REGISTRY_EXPIRED = Gauge("relay_registry_expired", "1 when the sync agent reports the registry expired")
+INBOUND_AUTH = Counter(
+    "relay_inbound_auth_total",
+    "Results of the checks on mail from outside the consortium (relay.outsiders = verify), by check "
+    "(dnsbl, spf, dkim, arc, dmarc, action) and result (pass, fail, softfail, none, temperror, listed, reject, junk...)",
+    ["check", "result"],
+)
 
 
 def serve(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:

@@ -14,6 +14,8 @@ from appliance import supervision, watchdog
 from appliance.accounts import AccountStore
 from appliance.catalog import SERVICES, endpoints
 from appliance.config import Config
+from appliance.inbound_status import inbound_status
+from appliance.inbound_status import render as render_inbound
 from appliance.tlsfiles import cert_expiry
 
 STATUS_SCHEMA_VERSION = 1
@@ -163,6 +165,7 @@ def collect(cfg: Config) -> dict[str, Any]:
         "tls": tls_status(cfg),
         "held_accounts": held,
         "mail_quota": quota,
+        "inbound": inbound_status(cfg),
     }
 
 
@@ -216,6 +219,8 @@ def render_text(st: dict[str, Any]) -> str:
     for n in mq["near_full"]:
         lines.append(f"  {n['address']}: {n['percent']} % ({n['used_bytes']}/{n['storage'] or '-'} bytes, "
                      f"{n['used_messages']}/{n['messages'] or '-'} messages)")
+    if "inbound" in st:
+        lines += render_inbound(st["inbound"])
     if st["held_accounts"]:
         lines.append("held accounts (abuse brake; `appliance user release ADDRESS`):")
         for h in st["held_accounts"]:

@@ -20,6 +20,14 @@ takes over from there:
 It is driven by supervisor's PROCESS_STATE and TICK_5 events (the event listener
 protocol: READY, a header line, a payload, RESULT). stdout is the protocol
 channel, so this module logs to stderr only.
+
+The listener runs for the box's whole life, so it imports the standard library
+only (plus ``appliance.fsutil``, itself stdlib-only), and not even all of that:
+the event protocol is a few lines here, the textfile is the Prometheus text
+exposition format written directly, and each of its rare XML-RPC calls (one
+at start, one per restart of a FATAL program) runs in a short-lived child
+(``--rpc``), because ``xmlrpc.client`` loads http.client, ssl and OpenSSL. Its
+idle memory stays near a bare interpreter's (bench/memory/idle.py).
 """
 
 from __future__ import annotations
@@ -28,19 +36,19 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
-
-from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-from prometheus_client.core import GaugeMetricFamily, Metric
-from supervisor import childutils
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from appliance import fsutil
+
+if TYPE_CHECKING:  # the relay's collector only; the listener process never loads prometheus_client
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("watchdog")
 
@@ -50,6 +58,7 @@ FLAP_COUNT = 3
 FLAP_WINDOW = 600.0
 STATE_FILE = "watchdog.json"
 METRICS_FILE = "services.prom"
+RPC_TIMEOUT = 30.0  # seconds one call to supervisord may take (it answers from its event loop)
 
 
 @dataclass
@@ -92,7 +101,7 @@ class Watchdog:
     def handle(self, headers: dict[str, str], payload: str, now: float) -> None:
         event = headers.get("eventname", "")
         if event.startswith("PROCESS_STATE_"):
-            fields = childutils.get_headers(payload.split("\n", 1)[0])
+            fields = parse_headers(payload.split("\n", 1)[0])
             name = fields.get("processname", "")
             if name and name != "watchdog":
                 self._state(self._program(name), event.removeprefix("PROCESS_STATE_"), fields, now)
@@ -148,18 +157,17 @@ class Watchdog:
         try:
             fsutil.atomic_write(self.run_dir / STATE_FILE, json.dumps(snap, indent=2, sort_keys=True) + "\n",
                                 mode=0o644)
-            reg = CollectorRegistry()
-            running = Gauge("appliance_service_running", "1 while supervisor reports the service RUNNING",
-                            ["service"], registry=reg)
-            alarm = Gauge("appliance_service_alarm", "1 while the service is FATAL, flapping or not running",
-                          ["service"], registry=reg)
-            exits = Gauge("appliance_service_unexpected_exits",
-                          f"Unexpected exits and failed starts in the last {FLAP_WINDOW:.0f}s", ["service"], registry=reg)
-            for name, p in snap["programs"].items():
-                running.labels(name).set(1 if p["state"] == "RUNNING" else 0)
-                alarm.labels(name).set(1 if p["alarm"] else 0)
-                exits.labels(name).set(p["unexpected_exits"])
-            write_to_textfile(str(self.run_dir / METRICS_FILE), reg)
+            progs = snap["programs"]
+            text = "".join((
+                _gauge("appliance_service_running", "1 while supervisor reports the service RUNNING",
+                       {n: 1 if p["state"] == "RUNNING" else 0 for n, p in progs.items()}),
+                _gauge("appliance_service_alarm", "1 while the service is FATAL, flapping or not running",
+                       {n: 1 if p["alarm"] else 0 for n, p in progs.items()}),
+                _gauge("appliance_service_unexpected_exits",
+                       f"Unexpected exits and failed starts in the last {FLAP_WINDOW:.0f}s",
+                       {n: p["unexpected_exits"] for n, p in progs.items()}),
+            ))
+            fsutil.atomic_write(self.run_dir / METRICS_FILE, text, mode=0o644)
         except OSError as exc:
             log.error("state not written: %s", exc)
 
@@ -196,6 +204,8 @@ class ServiceStateCollector:
         self.run_dir, self.services = run_dir, services
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily  # loaded already in the relay that scrapes
+
         running = GaugeMetricFamily("appliance_service_running", "1 while supervisor reports the service RUNNING",
                                     labels=["service"])
         alarm = GaugeMetricFamily("appliance_service_alarm",
@@ -216,29 +226,165 @@ def _iso(t: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "?"
 
 
-def serve(dog: Watchdog, stdin: TextIO, stdout: TextIO) -> None:
+# --- Prometheus text exposition format (version 0.0.4), as node_exporter's textfile collector reads it.
+
+def _escape(value: str, quote: bool) -> str:
+    # HELP text escapes backslash and newline; label values also escape the double quote.
+    value = value.replace("\\", "\\\\").replace("\n", "\\n")
+    return value.replace('"', '\\"') if quote else value
+
+
+def _gauge(name: str, doc: str, by_service: dict[str, float]) -> str:
+    lines = [f"# HELP {name} {_escape(doc, False)}", f"# TYPE {name} gauge"]
+    lines += [f'{name}{{service="{_escape(svc, True)}"}} {float(v)!r}' for svc, v in by_service.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- supervisor's event listener protocol and its XML-RPC interface (stdlib only).
+
+def parse_headers(line: str) -> dict[str, str]:
+    """``key:value key:value ...`` (the event header line and the payload's first line)."""
+    return dict(token.split(":", 1) for token in line.split())
+
+
+def wait_event(stdin: BinaryIO, stdout: BinaryIO) -> tuple[dict[str, str], str]:
+    """Say READY, then read one event: a header line, then exactly ``len`` bytes of payload."""
+    stdout.write(b"READY\n")
+    stdout.flush()
+    line = stdin.readline()
+    if not line:
+        raise EOFError("supervisord closed the event channel")
+    headers = parse_headers(line.decode("utf-8", "replace"))
+    payload = stdin.read(int(headers["len"]))
+    return headers, payload.decode("utf-8", "replace")
+
+
+def acknowledge(stdout: BinaryIO) -> None:
+    stdout.write(b"RESULT 2\nOK")
+    stdout.flush()
+
+
+class RPCError(Exception):
+    """A supervisord XML-RPC call that failed (a fault, or supervisord unreachable); one line."""
+
+
+class ChildRPC:
+    """``rpc.supervisor.startProcess(name, False)`` and the like, as on an ``xmlrpc.client.ServerProxy``,
+    each call made by a child ``python -m appliance.watchdog --rpc METHOD ARGS``."""
+
+    def __init__(self, method: str = "") -> None:
+        self._method = method
+
+    def __getattr__(self, name: str) -> ChildRPC:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return ChildRPC(f"{self._method}.{name}" if self._method else name)
+
+    def __call__(self, *args: Any) -> Any:
+        cmd = [sys.executable, "-m", "appliance.watchdog", "--rpc", self._method, json.dumps(args)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RPC_TIMEOUT + 10)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RPCError(f"{self._method}: {exc}") from None
+        try:
+            answer = json.loads(proc.stdout)
+        except ValueError:
+            err = proc.stderr.strip().splitlines()
+            raise RPCError(f"{self._method}: {err[-1] if err else f'exit status {proc.returncode}'}") from None
+        if "fault" in answer:
+            raise RPCError(f"{self._method}: {answer['fault']}")
+        return answer["result"]
+
+
+def rpc_interface(env: Mapping[str, str]) -> Any:
+    """supervisord's XML-RPC interface from the environment it gives its listeners
+    (SUPERVISOR_SERVER_URL, and SUPERVISOR_USERNAME/PASSWORD when it has credentials)."""
+    import http.client
+    import socket
+    import urllib.parse
+    import xmlrpc.client
+
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def __init__(self, path: str) -> None:
+            super().__init__("localhost", timeout=RPC_TIMEOUT)
+            self._path = path
+
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(RPC_TIMEOUT)
+            try:
+                sock.connect(self._path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    class UnixTransport(xmlrpc.client.Transport):
+        """XML-RPC over supervisord's ``unix://`` socket."""
+
+        def __init__(self, path: str) -> None:
+            super().__init__()
+            self._path = path
+
+        def make_connection(self, host: Any) -> http.client.HTTPConnection:
+            _, self._extra_headers, _ = self.get_host_info(host)  # Basic auth from the URL, if any
+            return UnixHTTPConnection(self._path)
+
+    url = env["SUPERVISOR_SERVER_URL"]
+    user, password = env.get("SUPERVISOR_USERNAME", ""), env.get("SUPERVISOR_PASSWORD", "")
+    auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}@" if user else ""
+    if url.startswith("unix://"):
+        return xmlrpc.client.ServerProxy(f"http://{auth}localhost/RPC2", transport=UnixTransport(url[len("unix://"):]))
+    parts = urllib.parse.urlsplit(url)
+    return xmlrpc.client.ServerProxy(f"{parts.scheme}://{auth}{parts.netloc}/RPC2")
+
+
+def rpc_call(method: str, args_json: str) -> int:
+    """The child's side of ``ChildRPC``: one call, its result (or fault) as JSON on stdout."""
+    import xmlrpc.client
+
+    fn = rpc_interface(os.environ)
+    for part in method.split("."):
+        fn = getattr(fn, part)
+    try:
+        result = fn(*json.loads(args_json))
+    except xmlrpc.client.Fault as exc:
+        print(json.dumps({"fault": exc.faultString}))
+        return 1
+    print(json.dumps({"result": result}))
+    return 0
+
+
+def serve(dog: Watchdog, stdin: BinaryIO, stdout: BinaryIO) -> None:
     dog.seed(time.time())
     while True:
-        headers, payload = childutils.listener.wait(stdin, stdout)
+        headers, payload = wait_event(stdin, stdout)
         try:
             dog.handle(headers, payload, time.time())
         except Exception:  # never stall supervisor's event queue: log and acknowledge
             log.exception("event %s not handled", headers.get("eventname"))
-        childutils.listener.ok(stdout)
+        acknowledge(stdout)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m appliance.watchdog", description=__doc__.split("\n")[0])
-    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--retry-min", type=float, default=RETRY_MIN)
     ap.add_argument("--retry-max", type=float, default=RETRY_MAX)
+    ap.add_argument("--rpc", nargs=2, metavar=("METHOD", "ARGS_JSON"), help=argparse.SUPPRESS)  # ChildRPC
     args = ap.parse_args(argv)
+    if args.rpc:
+        return rpc_call(*args.rpc)
+    if args.run_dir is None:
+        ap.error("--run-dir is required")
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 < args.retry_min <= args.retry_max:
         log.error("--retry-min must be > 0 and <= --retry-max")
         return 2
-    rpc = childutils.getRPCInterface(os.environ)
-    serve(Watchdog(args.run_dir, rpc, args.retry_min, args.retry_max), sys.stdin, sys.stdout)
+    try:
+        serve(Watchdog(args.run_dir, ChildRPC(), args.retry_min, args.retry_max), sys.stdin.buffer, sys.stdout.buffer)
+    except EOFError:  # supervisord is shutting down
+        return 0
     return 0
 
 

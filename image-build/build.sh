@@ -8,19 +8,28 @@
 #             cached wheelhouse, the appliance wheel of this checkout, state.apply)
 #   slim      purge the compiler install.sh installs (the wheelhouse made it unnecessary)
 #   system    kernel, systemd, sshd, dbus, networkd DHCP, hostname, fstab, GRUB files
-#   vagrant   the vagrant user (insecure public key, passwordless sudo)
+#   vagrant   the vagrant user (insecure public key, passwordless sudo); not in PROFILE=production
 #   firstboot the oneshot unit that makes every per-box secret on first boot
 #   scrub     remove every secret and cache the build left behind
 #   disk      partitioned raw disk without loop devices or device-mapper
 #   qcow2     build/appliance.qcow2 (compressed)
-#   box       build/appliance.box
+#   box       build/appliance.box (not in PROFILE=production)
 #
+# PROFILE (`make image PROFILE=...`): vagrant (default) is the demo/test image above;
+# production has no vagrant user and no insecure key: SSH accepts only the keys of the
+# pillar's appliance:ssh:authorized_keys (states/appliance/ssh.sls), and it is written to
+# build/production/ (IMAGE_BUILD_DIR overrides) as appliance.qcow2 only.
 # Needs root (chroot, mounts). Nothing here uses loop devices, device-mapper or vfat.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
-BUILD=${IMAGE_BUILD_DIR:-$REPO/build}
+PROFILE=${PROFILE:-vagrant}
+case $PROFILE in
+  vagrant) BUILD=${IMAGE_BUILD_DIR:-$REPO/build} ;;
+  production) BUILD=${IMAGE_BUILD_DIR:-$REPO/build/production} ;;
+  *) echo "image: PROFILE=$PROFILE: must be vagrant or production" >&2; exit 2 ;;
+esac
 TREE=$BUILD/tree
 LOGS=$BUILD/logs
 DISK_MB=${IMAGE_DISK_MB:-4096}          # virtual size; metadata.json says 4 (GiB)
@@ -134,12 +143,14 @@ if [ ! -f /usr/lib/grub/i386-pc/boot.img ]; then
   echo "image: /usr/lib/grub/i386-pc/boot.img missing (apt-get install grub-pc-bin)" >&2
   exit 1
 fi
-if [ -z "$VAGRANT_PUB" ]; then
-  VAGRANT_PUB=$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub 2>/dev/null | sort -V | tail -1 || true)
-fi
-if [ ! -f "$VAGRANT_PUB" ]; then
-  echo "image: Vagrant's insecure public key not found (apt-get install vagrant, or set VAGRANT_PUB)" >&2
-  exit 1
+if [ "$PROFILE" = vagrant ]; then
+  if [ -z "$VAGRANT_PUB" ]; then
+    VAGRANT_PUB=$(ls /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub 2>/dev/null | sort -V | tail -1 || true)
+  fi
+  if [ ! -f "$VAGRANT_PUB" ]; then
+    echo "image: Vagrant's insecure public key not found (apt-get install vagrant, or set VAGRANT_PUB)" >&2
+    exit 1
+  fi
 fi
 if [ ! -x "$STATES_APPLY" ] || [ ! -f "$REPO/states/top.sls" ]; then
   echo "image: $STATES_APPLY or states/top.sls missing: the image is the Salt states applied to a tree" >&2
@@ -210,7 +221,7 @@ cat >"$TREE/etc/hosts" <<EOF
 ::1	localhost ip6-localhost ip6-loopback
 EOF
 echo 'LABEL=root / ext4 errors=remount-ro 0 1' >"$TREE/etc/fstab"
-install -m 644 "$HERE/files/20-dhcp.network" "$TREE/etc/systemd/network/20-dhcp.network"
+install -m 644 "$HERE/files/90-dhcp.network" "$TREE/etc/systemd/network/90-dhcp.network"
 install -D -m 644 "$HERE/files/resolved-appliance.conf" "$TREE/etc/systemd/resolved.conf.d/appliance.conf"
 quiet in_tree systemctl enable systemd-networkd.service systemd-resolved.service ssh.service
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$TREE/etc/resolv.conf.image"
@@ -225,14 +236,26 @@ test -e "$TREE/vmlinuz" && test -e "$TREE/initrd.img" || {
 }
 
 # --- vagrant --------------------------------------------------------------------------------
-stage vagrant "vagrant user with the insecure public key and passwordless sudo"
-in_tree id vagrant >/dev/null 2>&1 || quiet in_tree useradd --create-home --shell /bin/bash vagrant
-install -d -m 700 -o 0 -g 0 "$TREE/home/vagrant/.ssh"
-install -m 600 "$VAGRANT_PUB" "$TREE/home/vagrant/.ssh/authorized_keys"
-in_tree chown -R vagrant:vagrant /home/vagrant/.ssh
-echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$TREE/etc/sudoers.d/vagrant"
-chmod 440 "$TREE/etc/sudoers.d/vagrant"
-quiet in_tree visudo -c
+if [ "$PROFILE" = vagrant ]; then
+  stage vagrant "vagrant user with the insecure public key and passwordless sudo"
+  in_tree id vagrant >/dev/null 2>&1 || quiet in_tree useradd --create-home --shell /bin/bash vagrant
+  install -d -m 700 -o 0 -g 0 "$TREE/home/vagrant/.ssh"
+  install -m 600 "$VAGRANT_PUB" "$TREE/home/vagrant/.ssh/authorized_keys"
+  in_tree chown -R vagrant:vagrant /home/vagrant/.ssh
+  echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$TREE/etc/sudoers.d/vagrant"
+  chmod 440 "$TREE/etc/sudoers.d/vagrant"
+  quiet in_tree visudo -c
+else
+  stage access "production: no vagrant user; SSH only with the pillar's keys (states/appliance/ssh.sls)"
+  if in_tree id vagrant >/dev/null 2>&1 || [ -e "$TREE/home/vagrant" ] || [ -e "$TREE/etc/sudoers.d/vagrant" ]; then
+    echo "image: PROFILE=production but the tree has a vagrant user" >>"$STAGE_LOG"
+    exit 1
+  fi
+  quiet in_tree visudo -c
+  if ! ls "$TREE"/home/*/.ssh/authorized_keys >/dev/null 2>&1; then
+    log "  no appliance:ssh:authorized_keys in $PILLAR: the box has no SSH login (console only)"
+  fi
+fi
 
 # --- firstboot ------------------------------------------------------------------------------
 stage firstboot "oneshot unit that makes the per-box secrets on first boot"
@@ -283,6 +306,7 @@ mv "$BUILD/appliance.qcow2.tmp" "$BUILD/appliance.qcow2"
 rm -f "$RAW"
 
 # --- box ------------------------------------------------------------------------------------
+if [ "$PROFILE" = vagrant ]; then
 stage box "build/appliance.box (libvirt Vagrant box)"
 BOXDIR=$BUILD/box
 rm -rf "$BOXDIR"
@@ -293,13 +317,18 @@ ln "$BUILD/appliance.qcow2" "$BOXDIR/box.img" 2>/dev/null || cp "$BUILD/applianc
 tar -C "$BOXDIR" -cf "$BUILD/appliance.box.tmp" metadata.json Vagrantfile box.img
 mv "$BUILD/appliance.box.tmp" "$BUILD/appliance.box"
 rm -rf "$BOXDIR"
+fi
 
 stage done "summary"
 size_q=$(stat -c %s "$BUILD/appliance.qcow2")
-size_b=$(stat -c %s "$BUILD/appliance.box")
+size_b=$(stat -c %s "$BUILD/appliance.box" 2>/dev/null || echo 0)
 total=$(( $(date +%s) - T0 ))
 cat >"$BUILD/image-stats.json" <<EOF
-{"build_seconds": $total, "qcow2_bytes": $size_q, "box_bytes": $size_b, "virtual_size_gib": $(( DISK_MB / 1024 ))}
+{"profile": "$PROFILE", "build_seconds": $total, "qcow2_bytes": $size_q, "box_bytes": $size_b, "virtual_size_gib": $(( DISK_MB / 1024 ))}
 EOF
-log "built $BUILD/appliance.qcow2 ($(( size_q / 1048576 )) MiB) and $BUILD/appliance.box ($(( size_b / 1048576 )) MiB) in ${total}s"
+if [ "$PROFILE" = vagrant ]; then
+  log "built $BUILD/appliance.qcow2 ($(( size_q / 1048576 )) MiB) and $BUILD/appliance.box ($(( size_b / 1048576 )) MiB) in ${total}s"
+else
+  log "built $BUILD/appliance.qcow2 ($(( size_q / 1048576 )) MiB) in ${total}s (profile production: no Vagrant box)"
+fi
 STAGE_LOG=""

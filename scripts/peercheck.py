@@ -71,6 +71,9 @@ PEERS: list[Peer] = [
     P("postfix", "postfix", "postconf -h mail_version", r"^3\.", "Postfix 3"),
     P("smtp-source", "postfix", "smtp-source", r"usage: smtp-source", "smtp-source", rc=None),
     P("smtp-sink", "postfix", "smtp-sink", r"usage: smtp-sink", "smtp-sink", rc=None),
+    # DNS: the authoritative server of tests/internet (SPF, DKIM, DMARC, ARC and DNSBL test zones)
+    P("knot", "knot", "knotd --version", r"Knot DNS\), version 3\.", "Knot DNS authoritative server"),
+    P("knotc", "knot", "knotc --version", r"Knot DNS\), version 3\.", "knotc (zone and config checks)"),
     # IMAP / POP
     P("dovecot", "dovecot-core", "dovecot --version", r"^2\.3\.", "Dovecot 2.3"),
     P("dovecot", "dovecot-imapd", "test -x /usr/lib/dovecot/imap", r"", "Dovecot's imap server"),
@@ -122,6 +125,11 @@ PEERS: list[Peer] = [
       "test -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so", r"",
       "libvirt qemu driver"),
     P("libvirt", "dnsmasq-base", "dnsmasq --version", r"Dnsmasq version 2\.", "dnsmasq for libvirt's default network"),
+    # `make vagrant-test` (tests/vagrant/): libvirtd and virtlogd started by hand without systemd,
+    # isolated networks (libvirt adds iptables rules even for those), rsync synced folders.
+    P("libvirt", "libvirt-daemon", "virtlogd --version", r"virtlogd \(libvirt\) 9\.", "virtlogd"),
+    P("libvirt", "iptables", "iptables --version", r"iptables v1\.8", "iptables for libvirt's network rules"),
+    P("rsync", "rsync", "rsync --version", r"rsync +version 3\.", "rsync (Vagrant's rsync synced folders)"),
 ]
 
 

@@ -18,13 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--base-port", type=int, default=10025, help="first of 8 consecutive ports (default 10025); 0 lets the OS pick each"
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.add_argument("--internet", action="store_true",
+                   help="accept mail from outside the consortium on port 25, verified "
+                   "(relay.outsiders = \"verify\", docs/internet.md)")
     p.set_defaults(func=cmd_init)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     try:
         box = init_dev(args.dev, domain=args.domain, base_port=args.base_port, host=args.host,
-                       hostname=args.hostname, force=args.force)
+                       hostname=args.hostname, force=args.force, internet=args.internet)
     except DevBoxError as exc:
         raise CommandError(str(exc)) from None
     except ValueError as exc:

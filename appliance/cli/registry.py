@@ -4,6 +4,8 @@ Operator commands take the operator directory first (see appliance/registry/repo
 
     appliance registry init REPO_DIR [--keys-dir DIR] [--keys ROLE=N] [--threshold ROLE=M] [--expires ROLE=DAYS]
     appliance registry add-member REPO_DIR --id ID --domain D --relay HOST[:PORT]=CIDR[+CIDR] [--pin [HOST=]HEX|CERT.pem] ...
+                                  (--probe-report REPORT.json | --without-probe)
+    appliance registry probe-all REPO_DIR [--suspend-on-fail] [--publish] [--source IP] [--json]
     appliance registry update-member REPO_DIR ID [same options; each given one replaces the field]
     appliance registry suspend | reactivate | remove REPO_DIR ID
     appliance registry rotate-key REPO_DIR ROLE [--keys N] [--threshold M] [--replace KEYID]
@@ -69,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         q.add_argument("--connections", type=int, help="concurrent connections from the member")
         q.add_argument("--suspended", action="store_true", help="add the member suspended" if name == "add-member"
                        else argparse.SUPPRESS)
+        if name == "add-member":
+            q.add_argument("--probe-report", type=Path, metavar="REPORT.json",
+                           help="a passing `appliance practice probe --json` report of the candidate's relay (required)")
+            q.add_argument("--without-probe", action="store_true",
+                           help="admit without a probe report (recorded in the member's entry)")
         q.set_defaults(func=cmd_add_member if name == "add-member" else cmd_update_member)
 
     for name, help in (("suspend", "suspend a member (draft)"), ("reactivate", "reactivate a suspended member (draft)"),
@@ -84,6 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.add_argument("--replace", action="append", metavar="KEYID", help="replace only this key (id prefix; repeatable)")
     q.add_argument("--no-publish", action="store_true", help="write the new root only")
     q.set_defaults(func=cmd_rotate)
+
+    q = op("probe-all", "probe every active member's relays against the code of practice; report drift")
+    q.add_argument("--suspend-on-fail", action="store_true", help="suspend (in the draft) a member that fails a control")
+    q.add_argument("--publish", action="store_true", help="publish the draft afterwards (makes suspensions effective)")
+    q.add_argument("--source", help="local address to probe from (the probe's address in the registry)")
+    q.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply (default 10)")
+    q.add_argument("--json", action="store_true", help="print every report as JSON")
+    q.set_defaults(func=cmd_probe_all)
 
     q = op("publish", "validate and sign the draft, write the static repository (bumps versions and expiries)")
     q.add_argument("--timestamp-only", action="store_true", help="re-sign only the timestamp (keeps it fresh)")
@@ -247,9 +262,100 @@ def cmd_add_member(args: argparse.Namespace) -> int:
               "relays": fields["relays"]}
     if "limits" in fields:
         member["limits"] = fields["limits"]
+    member["practice"] = _admission(r, args, member)
     with _refused():
         r.add_member(member)
     return _after_edit(r, f"member {args.id} added ({member['status']})")
+
+
+def _admission(r: repo_mod.OperatorRepo, args: argparse.Namespace, member: dict[str, Any]) -> dict[str, Any]:
+    """The member entry's `practice` record, or CommandError if the candidate is not admissible."""
+    import datetime as dt
+
+    from appliance.practice import report as report_mod
+
+    if args.without_probe:
+        if args.probe_report:
+            raise CommandError("add-member: give --probe-report or --without-probe, not both")
+        return {"admitted": report_mod.now_iso(), "probe": "none (--without-probe)"}
+    if not args.probe_report:
+        raise CommandError(f"add-member {args.id}: refused: no probe report (run `appliance practice probe "
+                           "HOST:PORT --domain D --json --out REPORT.json`, then --probe-report REPORT.json; "
+                           "or --without-probe)")
+    with _refused():
+        code = r.practice()
+    try:
+        rep = report_mod.load(args.probe_report)
+        when = report_mod.date_of(rep)
+    except report_mod.ReportError as exc:
+        raise CommandError(f"add-member {args.id}: refused: {exc}") from None
+    where = f"add-member {args.id}: refused: {args.probe_report}"
+    if rep.get("kind") != "probe":
+        raise CommandError(f"{where}: not a probe report (kind {rep.get('kind')!r})")
+    if rep.get("code_of_practice") != code.version:
+        raise CommandError(f"{where}: made under code of practice {rep.get('code_of_practice')!r}, not {code.version}")
+    missing = set(code.ids("outside")) - {x.get("control") for x in rep["results"]}
+    if missing:
+        raise CommandError(f"{where}: does not cover {', '.join(sorted(missing))}")
+    if not report_mod.passes(rep):
+        raise CommandError(f"{where}: controls not passed: {', '.join(report_mod.failed(rep))}")
+    relays = {f"{x['host']}:{x['port']}" for x in member["relays"]}
+    if rep.get("target") not in relays:
+        raise CommandError(f"{where}: probed {rep.get('target')}, which is not one of the relays {', '.join(sorted(relays))}")
+    if rep.get("observed", {}).get("domain") not in member["domains"]:
+        raise CommandError(f"{where}: probed domain {rep.get('observed', {}).get('domain')!r} is not one of the member's")
+    pins = {p for x in member["relays"] for p in x["spki_sha256"]}
+    seen = rep.get("observed", {}).get("spki_sha256")
+    if pins and seen not in pins:
+        raise CommandError(f"{where}: the probed certificate's SPKI {seen} is not among the --pin values")
+    age = dt.datetime.now(dt.UTC) - when
+    if age > dt.timedelta(days=code.bound("max_report_age_days")) or age < -dt.timedelta(minutes=5):
+        raise CommandError(f"{where}: dated {rep['date']}, older than {code.bound('max_report_age_days'):g} days")
+    return {"admitted": report_mod.now_iso(), "code_of_practice": code.version,
+            "report_sha256": report_mod.digest(rep), "report_date": rep["date"]}
+
+
+def cmd_probe_all(args: argparse.Namespace) -> int:
+    from appliance.practice.run import probe_members
+    from appliance.registry import model
+
+    r = _repo(args)
+    with _refused():
+        code = r.practice()
+        reg = model.parse(r.draft())
+    outcomes = probe_members(reg, code, source=args.source, timeout=args.timeout)
+    from appliance.practice import report as report_mod
+
+    drifted: set[str] = set()
+    for o in outcomes:
+        if args.json:
+            print(json.dumps(o.report, indent=2))
+        verdict = "ok" if not o.failed else f"FAILED {', '.join(o.failed)}"
+        print(f"{o.member} {o.relay}: {verdict}")
+        for res in o.report["results"]:
+            if res["status"] == "fail":
+                print(f"  {res['control']}: {res['evidence']}")
+        if o.failed:
+            drifted.add(o.member)
+    with _refused():
+        data = r.draft()
+        for o in outcomes:
+            entry = r._find(data, o.member)
+            record = dict(entry.get("practice") or {})
+            record["last_probe"] = {"date": o.report["date"], "report_sha256": report_mod.digest(o.report),
+                                    "failed": o.failed}
+            changes: dict[str, Any] = {"practice": record}
+            if o.member in drifted and args.suspend_on_fail and entry.get("status") == "active":
+                changes["status"] = "suspended"
+                print(f"{o.member}: suspended (drifted from the code of practice)")
+            r.update_member(o.member, changes)
+            data = r.draft()
+        if args.publish:
+            pub = r.publish()
+            print(f"published: targets v{pub.targets}")
+    if not outcomes:
+        print("no active member to probe")
+    return 1 if drifted else 0
 
 
 def cmd_update_member(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,9 +39,13 @@ from appliance.fsutil import fsync_dir
 from appliance.mailstore import account_maildir
 from appliance.mailstore import quota as mquota
 from appliance.mailstore.maildir import crlf_size
+from appliance.mailstore.names import dir_name
+from appliance.policy.dmarc_verify import JUNK, JUNK_HEADER
 from appliance.spool.format import SpooledMessage
 
 log = logging.getLogger("appliance.delivery.local")
+# dmarc_verify's request (relay.outsiders = "verify": p=quarantine failures), set only by the relay.
+_JUNK_FIELD = re.compile(rb"(?im)^" + re.escape(JUNK_HEADER.encode()) + rb"[ \t]*:")
 FSYNC_THREADS = 8
 
 
@@ -144,6 +149,7 @@ class LocalDelivery:
         for job in batch:
             # RFC 5321 4.4: the final delivery MTA adds Return-Path. Maildir files use LF line ends.
             body = job.msg.data.replace(b"\r\n", b"\n")
+            junk = to_junk(job.msg.data)
             for r in job.rcpts:
                 owner = store.owner_of(r)
                 if owner is None and r.split("@", 1)[0] == "postmaster" and self.postmaster:
@@ -162,13 +168,15 @@ class LocalDelivery:
                         job.outcomes += deferred([r], 452, "4.2.2", f"<{r}>: {refusal}")
                         continue
                 name = unique_name(len(content), vsize)
+                # Quota counts the whole account (md); the file goes into its Junk folder when asked.
+                target = md / dir_name(JUNK) if junk else md
                 try:
-                    ensure_maildir(md)
-                    fd = os.open(md / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    ensure_maildir(target)
+                    fd = os.open(target / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 except OSError as exc:
                     job.outcomes += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
                     continue
-                f = _File(job, r, owner, md, name, fd)
+                f = _File(job, r, owner, target, name, fd)
                 try:
                     view = memoryview(content)
                     while view:
@@ -256,6 +264,13 @@ class LocalDelivery:
         with contextlib.suppress(OSError):
             os.unlink(f.maildir / "tmp" / f.name)
         f.job.outcomes += deferred([f.rcpt], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
+
+
+def to_junk(data: bytes) -> bool:
+    """Did the relay's DMARC decision ask for the Junk folder (an X-Appliance-Junk field in the header)?"""
+    end = data.find(b"\r\n\r\n")
+    head = data[: end + 2] if end >= 0 else data
+    return _JUNK_FIELD.search(head) is not None
 
 
 def _fsync(fd: int) -> OSError | None:

@@ -13,7 +13,9 @@ files in SPOOL/control/, polled every CONTROL_POLL seconds.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -115,6 +117,9 @@ class DeliveryManager:
         self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db,
                                     postmaster=cfg.box.postmaster_address, limit_classes=cfg.limits.classes)
         self._last_control = 0.0
+        # smtplib is blocking: its own threads, as many as deliveries may run at once.
+        self._executor = concurrent.futures.ThreadPoolExecutor(cfg.relay.delivery_workers,
+                                                               thread_name_prefix="delivery")
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -122,13 +127,17 @@ class DeliveryManager:
         if not self.spool.acquire_lock():
             raise SpoolError(f"{self.spool.dir}: another relay process is already delivering from this spool")
         try:
-            if not getattr(self.spool, "recovered", False):
-                rep = await asyncio.to_thread(self.spool.recover)
-                if rep.corrupt:
-                    log.error("quarantined %d corrupt queue file(s) in %s", len(rep.corrupt), self.spool.corrupt_dir)
             # Listen first, then scan: a message stored meanwhile is seen by one or both, never by neither.
             self.spool.add_listener(self._on_stored)
-            for e in await asyncio.to_thread(self._load_all):
+            heads: dict[str, SpooledMessage] = {}
+            if not getattr(self.spool, "recovered", False):
+                # Each queued file is read and verified once, here, while the relay may already be
+                # accepting mail; nothing is delivered before this is done.
+                rep = await asyncio.to_thread(self.spool.verify_queue)
+                heads = rep.heads
+                if rep.corrupt:
+                    log.error("quarantined %d corrupt queue file(s) in %s", len(rep.corrupt), self.spool.corrupt_dir)
+            for e in await asyncio.to_thread(self._load_all, heads):
                 if e.id not in self._entries:
                     self._entries[e.id] = e
                     heapq.heappush(self._heap, (e.next, e.id))
@@ -150,14 +159,18 @@ class DeliveryManager:
                 t.cancel()  # its recipients stay unfinished and are retried at the next start
         await asyncio.to_thread(smtpclient.POOL.close_all)
         await asyncio.to_thread(self._local.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self.spool.release_lock()
 
-    def _load_all(self) -> list[Entry]:
-        """Entries for every queued message with unfinished recipients (blocking; runs in a thread)."""
+    def _load_all(self, heads: dict[str, SpooledMessage]) -> list[Entry]:
+        """Entries for every queued message with unfinished recipients (blocking; runs in a thread).
+
+        HEADS are the envelopes recovery verified already (those files are not read again).
+        """
         out: list[Entry] = []
         for qid in self.spool.ids():
             try:
-                msg = self.spool.load(qid, with_data=False)
+                msg = heads.get(qid) or self.spool.load(qid, with_data=False)
             except FileNotFoundError:
                 continue
             except SpoolFormatError as exc:
@@ -257,8 +270,15 @@ class DeliveryManager:
                 await asyncio.to_thread(self.spool.delete, e.id)
 
     async def _attempt_inner(self, e: Entry) -> None:
+        registry = self._registry()
+        groups: dict[str, tuple[Route, list[str]]] = {}
+        for r in e.pending:
+            rt = route(self.cfg, registry, r)
+            groups.setdefault(rt.destination.key, (rt, []))[1].append(r)
+        # A held message is not read at all (it may be large, and held ones pile up).
+        with_data = any(rt.destination.kind != "hold" for rt, _ in groups.values())
         try:
-            msg = await asyncio.to_thread(self.spool.load, e.id)
+            msg = await asyncio.to_thread(self.spool.load, e.id, with_data=with_data)
         except FileNotFoundError:  # deleted by the operator
             self._entries.pop(e.id, None)
             return
@@ -267,11 +287,6 @@ class DeliveryManager:
             await asyncio.to_thread(self.spool.quarantine, e.id)
             self._entries.pop(e.id, None)
             return
-        registry = self._registry()
-        groups: dict[str, tuple[Route, list[str]]] = {}
-        for r in e.pending:
-            rt = route(self.cfg, registry, r)
-            groups.setdefault(rt.destination.key, (rt, []))[1].append(r)
 
         results: list[Outcome] = []
         unlogged: list[Outcome] = []
@@ -350,14 +365,14 @@ class DeliveryManager:
             if dest.kind == "member":
                 policy = smtpclient.TlsPolicy("required", self.cfg.relay.ca_file,
                                               client_cert=self.cfg.tls.cert, client_key=self.cfg.tls.key)
-                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
+                return await self._send(rt.hops, msg.sender, rcpts, msg.data,
                                                policy=policy, helo=helo)
             if dest.kind == "relay":
                 # A sponsored edge box: TLS as its route says (required unless configured
                 # otherwise), verified by the route's pins or else against relay.ca_file.
                 tls = self.cfg.relay.relay_routes[dest.domain].tls
                 policy = smtpclient.TlsPolicy(tls, self.cfg.relay.ca_file if tls == "required" else "")
-                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data,
+                return await self._send(rt.hops, msg.sender, rcpts, msg.data,
                                                policy=policy, helo=helo)
             if dest.kind == "upstream":
                 up = self.cfg.relay.upstream
@@ -367,15 +382,20 @@ class DeliveryManager:
                 except OSError as exc:
                     return deferred(rcpts, 451, "4.3.5", f"upstream password file {up.password_file}: {exc.strerror}")
                 policy = smtpclient.TlsPolicy("required", up.ca_file)
-                return await asyncio.to_thread(smtpclient.send, rt.hops, msg.sender, rcpts, msg.data, policy=policy,
+                return await self._send(rt.hops, msg.sender, rcpts, msg.data, policy=policy,
                                                helo=helo, auth=smtpclient.Auth(up.username, password))
             try:
                 hops = await mx_hops(dest.domain, self.resolver, self.mx_port)
             except MxError as exc:
                 return (failed if exc.permanent else deferred)(rcpts, 550 if exc.permanent else 451, exc.enhanced,
                                                                exc.text)
-            return await asyncio.to_thread(smtpclient.send, hops, msg.sender, rcpts, msg.data,
+            return await self._send(hops, msg.sender, rcpts, msg.data,
                                            policy=smtpclient.TlsPolicy("opportunistic"), helo=helo)
+
+    async def _send(self, *args: Any, **kwargs: Any) -> list[Outcome]:
+        """smtpclient.send in the delivery threads."""
+        call = functools.partial(smtpclient.send, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _deliver_local(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
         return await self._local.deliver(rcpts, msg)
@@ -398,6 +418,9 @@ class DeliveryManager:
             log.info("%s: no DSN (%s) for null sender; %d recipient(s) %s", msg.id, kind, len(outcomes), kind)
             return
         retry_until = msg.arrival + self.cfg.relay.max_lifetime if kind == "delay" else None
+        if not msg.data:  # a held message was read without its data
+            with contextlib.suppress(OSError, SpoolFormatError):
+                msg = await asyncio.to_thread(self.spool.load, msg.id)
         data = dsn.build(kind, reporting_mta=self.cfg.box.hostname, postmaster=self.cfg.box.postmaster_address,
                          sender=msg.sender, queue_id=msg.id, arrival=msg.arrival, outcomes=outcomes,
                          original=msg.data, retry_until=retry_until)

@@ -211,7 +211,7 @@ def _transaction(conn: smtplib.SMTP, hop: Hop, sender: str, recipients: Sequence
                  data: bytes) -> tuple[list[Outcome], bool]:
     remote = f"dns; {hop.host}"
     opts: list[str] = []
-    if any(b > 127 for b in data) and conn.has_extn("8bitmime"):
+    if not data.isascii() and conn.has_extn("8bitmime"):
         opts.append("BODY=8BITMIME")
     if (not sender.isascii() or not all(r.isascii() for r in recipients)) and conn.has_extn("smtputf8"):
         opts.append("SMTPUTF8")

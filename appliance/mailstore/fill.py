@@ -39,6 +39,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -51,7 +52,8 @@ if TYPE_CHECKING:
     from appliance.mailstore.mailbox import Mailbox
 
 log = logging.getLogger("appliance.mailstore.fill")
-FILL_BATCH = 2000  # rows per background transaction: about 60 ms of file work, so sessions barely wait
+FILL_BATCH = 1000  # rows per background transaction: about 30 ms of file work, so sessions barely wait
+BATCH_PAUSE = 0.01  # seconds between background batches
 PENDING_NAMES = "appliance-unnamed"  # present while some file's UID is in the index only
 _CHUNK = 500
 
@@ -216,7 +218,9 @@ def _fill_all(store: MailStore, names: list[str]) -> None:
         try:
             box = store.mailbox(name)
             while not store.closed and complete(box):
-                pass
+                # A pause between batches: a session's write waiting on the index's writer lock
+                # gets it now, and the reactor the GIL (threading.Lock is not fair on its own).
+                time.sleep(BATCH_PAUSE)
         except (MailstoreError, sqlite3.Error, OSError) as exc:
             # What is left is filled on demand; the next open queues it again.
             log.warning("%s: filling %s stopped: %s", store.root, name, exc)

@@ -164,6 +164,7 @@ class Index:
         self.root = root
         self.path = root / INDEX_FILE
         self._lock = threading.Lock()
+        self._writer = threading.Lock()  # one write transaction at a time in this process (see write)
         self._conns: list[sqlite3.Connection] = []  # every open connection (checked out or idle)
         self._idle: list[tuple[int, sqlite3.Connection]] = []  # (generation, connection)
         self._generation = 0
@@ -281,8 +282,13 @@ class Index:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE: the writer lock is taken up front, no upgrade deadlock)."""
-        with self._using() as db:
+        """One write transaction (BEGIN IMMEDIATE: the writer lock is taken up front, no upgrade deadlock).
+
+        Writers of this process queue on a Python lock first: SQLite's busy handler polls with
+        sleeps of up to 100 ms, so a waiting session's write could starve behind a loop of short
+        transactions (the background fill, fill.py); a lock wakes the next writer at once.
+        """
+        with self._writer, self._using() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db

@@ -44,6 +44,19 @@ class Check:
     def on_rcpt(self, session: Session, recipient: str) -> Verdict | None:
         return None
 
+    # Lookups that need the network (DNS: SPF, DKIM keys, DMARC, DNSBL) cannot run in the event
+    # loop. A check that needs them overrides ``prepare_mail`` / ``prepare_data``: the pipeline
+    # runs them in a worker thread just before the MAIL / DATA hooks (``Pipeline.prepare_*``),
+    # and the check keeps what it found in ``session.notes`` for its ``on_*`` hook to judge.
+    # They may block (bounded by relay.resolver.timeout); they give no verdict themselves.
+    # Only outsiders' sessions are prepared: members and customers need no lookups (the registry and
+    # AUTH vouch for them), so their mail never pays for a thread hop.
+    def prepare_mail(self, session: Session, sender: str) -> None:
+        return None
+
+    def prepare_data(self, session: Session, message: Message) -> None:
+        return None
+
     def on_data(self, session: Session, message: Message) -> Verdict | None:
         return None
 

@@ -1,4 +1,12 @@
-"""Port 25: only relays of active consortium members may connect (DESIGN.md "Who may send what")."""
+"""Port 25: relays of active consortium members may connect; others per relay.outsiders.
+
+``refuse`` (DESIGN.md "Who may send what"): every other client gets ``554 5.7.1`` at the
+greeting. ``verify`` (docs/internet.md): a client that is no member's relay is let in as an
+*outsider*, and the outsider checks (outsider_scope, outsider_limits, dnsbl, spf_verify,
+dkim_verify, arc_verify, dmarc_verify, auth_results) decide about its mail. A suspended
+member's relay is refused in both modes, and without a current registry nobody can be told
+apart from a member, so that stays a temporary refusal.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ class MemberAccess(Check):
     name = "member_access"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        pass
+        self.verify = ctx.cfg.outsiders == "verify"
 
     def on_connect(self, session: Session) -> Verdict | None:
         if session.listener != "mx":
@@ -32,6 +40,10 @@ class MemberAccess(Check):
             return REGISTRY_MISSING.verdict(self.name)
         member = session.registry.member_for_address(session.client_ip)
         if member is None:
+            if self.verify:
+                # Verified like any sender; an expired registry cannot make that less safe.
+                session.outsider = True
+                return None
             return NOT_A_MEMBER.verdict(self.name, ip=session.client_ip)
         if not member.active:
             return MEMBER_SUSPENDED.verdict(self.name, member=member.id)

@@ -13,6 +13,7 @@ attempts that would otherwise have been accepted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,15 +23,23 @@ from appliance import metrics
 from appliance.policy import (
     abuse,
     address_syntax,
+    arc_verify,
+    auth_results,
     client_cert,
+    dkim_verify,
+    dmarc_verify,
+    dnsbl,
     header_from,
     internal_peer,
     limits,
     member_access,
+    outsider_limits,
+    outsider_scope,
     quota,
     recipient_count,
     recipient_domain,
     sender_identity,
+    spf_verify,
     submission_auth,
 )
 from appliance.policy.check import Check
@@ -62,13 +71,25 @@ CHECKS: list[CheckFactory] = [
     client_cert.ClientCertPins,
     address_syntax.AddressSyntax,
     sender_identity.SenderIdentity,
+    # MAIL from outsiders (relay.outsiders = "verify", docs/internet.md): block lists
+    dnsbl.Dnsbl,
     # RCPT: how many, then where to (the abuse brake's feed goes first to see every RCPT's outcome)
     abuse.AbuseBrakeFeed,
     recipient_count.RecipientCount,
+    outsider_scope.OutsiderScope,
     recipient_domain.RecipientDomain,
     quota.MailboxQuota,
     # DATA: header identities
     header_from.HeaderFrom,
+    # DATA from outsiders: SPF, DKIM and ARC results, then DMARC decides (550, Junk, 451); the
+    # outsiders' rate (checked at MAIL) is taken only for a message DMARC let through;
+    # Authentication-Results last
+    spf_verify.SpfVerify,
+    dkim_verify.DkimVerify,
+    arc_verify.ArcVerify,
+    dmarc_verify.DmarcVerify,
+    outsider_limits.OutsiderLimits,
+    auth_results.AuthResults,
     # rate limits (appliance/ratelimit), after the access checks
     limits.Limits,
 ]
@@ -101,6 +122,29 @@ class Pipeline:
                 )
                 return verdict
         return None
+
+    async def prepare_mail(self, session: Session, sender: str) -> None:
+        """Before ``mail``: the checks' network lookups, in a worker thread (outsiders only, see Check)."""
+        await self._prepare("mail", session, lambda c: c.prepare_mail(session, sender))
+
+    async def prepare_data(self, session: Session, message: Message) -> None:
+        """Before ``data``: the checks' network lookups, in a worker thread (outsiders only, see Check)."""
+        await self._prepare("data", session, lambda c: c.prepare_data(session, message))
+
+    async def _prepare(self, stage: str, session: Session, call: Callable[[Check], None]) -> None:
+        if not session.outsider:
+            return
+
+        def run_all() -> None:
+            for check in self.checks:
+                try:
+                    call(check)
+                except Exception:
+                    # Its on_* hook finds no result and answers a temporary failure, never an accept.
+                    log.exception("check %s failed preparing %s", check.name, stage)
+                    metrics.INTERNAL_ERRORS.labels(f"check:{check.name}").inc()
+
+        await asyncio.to_thread(run_all)
 
     def connect(self, session: Session) -> Verdict | None:
         return self._run("connect", session, lambda c: c.on_connect(session))

@@ -1,4 +1,5 @@
-"""Customers may use as envelope sender only addresses their account owns (JMAP's forbiddenMailFrom)."""
+"""Customers may use as envelope sender only addresses their account owns (JMAP's forbiddenMailFrom);
+on port 25 nobody may use this box's own domains."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ class SenderIdentity(Check):
     name = "sender_identity"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        pass
+        self.local_domains = frozenset(d.lower() for d in ctx.cfg.box.domains)
 
     def on_mail(self, session: Session, sender: str) -> Verdict | None:
         if session.listener == "mx":
+            # Port 25 never carries mail from this box's own domains: its customers submit on
+            # 587/465, and no other relay may claim them (the code of practice's forged-sender
+            # control, docs/practice.md). The null sender (bounces) has no domain.
+            domain = sender.rpartition("@")[2].lower() if "@" in sender else ""
+            if domain in self.local_domains:
+                return SENDER_NOT_OWNED.verdict(self.name, sender=sender)
             return None
         if session.account is None or not session.account.may_send_as(sender):
             return SENDER_NOT_OWNED.verdict(self.name, sender=sender)

@@ -32,6 +32,9 @@ class Session:
     client_spki: str | None = None
     peer_uid: int | None = None  # internal socket only (SO_PEERCRED)
     member: Member | None = None  # MX: the member owning client_ip
+    # MX with relay.outsiders = "verify": a client that is not a member's relay, let in to be verified
+    # (local domains only; SPF, DKIM, DMARC, ARC; docs/internet.md).
+    outsider: bool = False
     login: str | None = None  # authenticated account (SMTP AUTH or XUSER)
     # Checks run in the event loop and never touch the database: the protocol layer looks these
     # up in a worker thread just before the hook that needs them. ``account`` is re-read before

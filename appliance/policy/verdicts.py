@@ -74,7 +74,9 @@ BYE = Reply(221, "2.0.0", "Bye")
 
 # --- connection (greeting) ------------------------------------------------------------------
 NOT_A_MEMBER = Reply(554, "5.7.1", "Access denied: {ip} is not a relay of an active consortium member", close=True)
-MEMBER_SUSPENDED = Reply(554, "5.7.1", "Access denied: member {member} is not active", close=True)
+# Temporary (docs/practice.md): a suspended member keeps its queue and retries, nothing bounces,
+# and its mail flows again once it is reactivated (RFC 5321 4.2.1: 4yz, the condition may end).
+MEMBER_SUSPENDED = Reply(421, "4.7.1", "Member {member} is suspended from the consortium; try again later", close=True)
 REGISTRY_EXPIRED = Reply(421, "4.7.0", "Consortium registry expired; try again later")
 REGISTRY_MISSING = Reply(421, "4.7.0", "Consortium registry not available; try again later")
 INTERNAL_PEER_REFUSED = Reply(554, "5.7.1", "Access denied: uid {uid} may not use the internal socket", close=True)
@@ -116,12 +118,20 @@ NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 NESTED_MAIL = Reply(503, "5.5.1", "Nested MAIL command")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message too big (at most {limit} bytes)")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too big (at most {limit} bytes)")
 
 # --- message --------------------------------------------------------------------------------
 BARE_NEWLINE = Reply(550, "5.5.2", "Message contains a bare CR or LF (RFC 5321 2.3.8); refused")
 FROM_MISSING = Reply(550, "5.6.0", "Message has no From: header")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: address {address} is not yours to use")
 HEADER_MALFORMED = Reply(550, "5.6.0", "Malformed message header: {reason}")
+
+# --- mail from outside the consortium (relay.outsiders = "verify", docs/internet.md) -----------
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client host {ip} is listed by {zone}")
+# RFC 7489 6.7 / 10.3: a p=reject failure is best refused during the SMTP session.
+DMARC_REJECT = Reply(550, "5.7.1", "Message refused: it fails DMARC and {domain} publishes p=reject (RFC 7489)")
+# RFC 7208 8.6, RFC 6376 6.1.2, RFC 7489 6.6.3: a temporary DNS failure is answered 451 4.4.3.
+DNS_TEMPFAIL = Reply(451, "4.4.3", "Temporary DNS failure while verifying the message ({what}); try again later")
 
 # --- rate limits (appliance/ratelimit; DESIGN.md "Rate limits": never a 5xx) ----------------
 RATE_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from {key} (limit {limit}); retry in {retry} s")

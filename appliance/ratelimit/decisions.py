@@ -21,6 +21,7 @@ class Kind(StrEnum):
     RECIPIENTS = "recipients"  # recipient rate per account
     DAILY = "daily"  # messages per UTC day per account
     RECIPIENTS_PER_MESSAGE = "recipients_per_message"  # relay.max_recipients
+    OUTSIDER_MESSAGES = "outsider_messages"  # messages per minute per outside client address and per /24 (/48)
 
 
 @dataclass(frozen=True, slots=True)

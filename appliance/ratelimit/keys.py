@@ -32,6 +32,22 @@ def ip_key(address: str) -> str:
     return f"ip:{ip}"
 
 
+@lru_cache(maxsize=65536)
+def net_key(address: str) -> str:
+    """``net:203.0.113.0/24`` or ``net:2001:db8:1::/48``: the network an outside client's address is in.
+
+    The per-network limit for mail from outside the consortium (relay.outsiders = "verify"):
+    a sender with a whole /24 (IPv6 /48, one site's allocation) shares one allowance.
+    """
+    key = ip_key(address)
+    text = key[3:]
+    if text.startswith("?"):
+        return f"net:{text}"
+    ip = ipaddress.ip_network(text, strict=False)
+    prefix = 24 if ip.version == 4 else 48
+    return f"net:{ip.supernet(new_prefix=prefix) if ip.prefixlen > prefix else ip}"
+
+
 def account_key(login: str) -> str:
     return f"acct:{login.lower()}"
 

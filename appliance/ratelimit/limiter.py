@@ -28,7 +28,7 @@ from appliance.ratelimit import metrics
 from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
 from appliance.ratelimit.decisions import Kind, Limited
 from appliance.ratelimit.gcra import Gcra, Rate
-from appliance.ratelimit.keys import account_key, ip_key, member_key
+from appliance.ratelimit.keys import account_key, ip_key, member_key, net_key
 from appliance.ratelimit.store import LimitStore, limits_db, seconds_to_utc_midnight
 from appliance.registry.model import Member
 
@@ -66,6 +66,8 @@ class Limiter:
         # N failures per window: the window refills at N per window, N at once.
         self._auth_limit = Rate(lim.auth_failures_per_ip * 60.0 / lim.auth_failure_window, lim.auth_failures_per_ip)
         self._member_default = Rate(lim.member_default_per_minute, lim.member_default_burst)
+        self._outsider_ip = Rate(lim.outsider_messages_per_minute_per_ip, lim.outsider_burst_per_ip)
+        self._outsider_net = Rate(lim.outsider_messages_per_minute_per_net, lim.outsider_burst_per_net)
         self._class_limits: dict[tuple[object, ...], SenderLimits] = {}
 
     @classmethod
@@ -85,7 +87,7 @@ class Limiter:
 
     def _conn_key(self, ip: str, member: Member | None) -> tuple[str, int]:
         if member is not None:
-            cap = member.limits.connections if member.limits else DEFAULT_MEMBER_CONNECTIONS
+            cap = member.limits.connections if member.limits else self.limits.member_default_connections
             return member_key(member.id), cap
         return ip_key(ip), self.limits.connections_per_ip
 
@@ -246,6 +248,24 @@ class Limiter:
             if s.recipients is not None:
                 self._recipients.refund(s.key, s.recipients, recipients)
             return self._limited(Kind.MESSAGES, s.key, s.messages.describe(), wait, entry)
+        return None
+
+    # --- mail from outside the consortium (relay.outsiders = "verify") -----------------------
+
+    def outsider_message(self, ip: str, entry: str = "mx", *, take: bool = False) -> Limited | None:
+        """One message from an outside client: its address and its /24 (IPv6 /48) each have a GCRA allowance.
+
+        TAKE False (MAIL): would it pass? Counts nothing. TAKE True (end of DATA, verified): take one
+        unit from both, or none if either is used up. A refused message is not counted.
+        """
+        buckets = ((ip_key(ip), self._outsider_ip), (net_key(ip), self._outsider_net))
+        for key, rate in buckets:
+            wait = self._messages.peek(key, rate)
+            if wait:
+                return self._limited(Kind.OUTSIDER_MESSAGES, key, rate.describe(), wait, entry)
+        if take:
+            for key, rate in buckets:
+                self._messages.take(key, rate)
         return None
 
     def commit(self, s: SenderLimits) -> int:

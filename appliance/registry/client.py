@@ -34,6 +34,7 @@ from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from appliance.registry import model
 from appliance.registry.repo import TARGET_NAME, write_atomic
+from appliance.registry.trusted import trusted_expiry
 
 
 class SyncError(Exception):
@@ -116,15 +117,6 @@ def _reset_cache_if_new_root(cache: Path, pinned: bytes) -> None:
         shutil.rmtree(cache)
     cache.mkdir(parents=True)
     marker.write_text(digest + "\n")
-
-
-def trusted_expiry(cache: Path) -> dt.datetime:
-    """Earliest expiry among the top-level metadata ngclient trusts now."""
-    exps = []
-    for name in ("root", "timestamp", "snapshot", "targets"):
-        md = Metadata.from_file(str(cache / f"{name}.json"))
-        exps.append(md.signed.expires)
-    return min(exps)
 
 
 def sync_once(url: str, pinned_root: str | Path, registry_dir: str | Path) -> SyncResult:

@@ -3,6 +3,7 @@
 Layout of an operator directory REPO_DIR::
 
     REPO_DIR/registry.json     the draft member list the operator edits (not published as is)
+    REPO_DIR/practice.json     the code of practice (appliance/practice/code.py), published as a second target
     REPO_DIR/repo.json         settings: where the keys are, how long each role's metadata lives
     REPO_DIR/public/           the published tree; serve it with any static web server
         metadata/N.root.json root.json timestamp.json N.snapshot.json N.targets.json
@@ -34,6 +35,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 from tuf.api.serialization.json import JSONSerializer
 
 from appliance import fsutil
+from appliance.practice import code as practice_code
 from appliance.registry import model
 
 TARGET_NAME = "registry.json"
@@ -263,11 +265,14 @@ class OperatorRepo:
 
             target = TargetFile.from_data(TARGET_NAME, body, ["sha256"])
             write_atomic(self.targets_dir / f"{target.hashes['sha256']}.{TARGET_NAME}", body)
+            practice = self._practice_target()
 
             old_tg = self._load("targets").signed if (self.metadata_dir / "targets.json").exists() else None
             tg = Targets(version=(old_tg.version + 1) if old_tg else 1,
                          expires=now + dt.timedelta(days=self.expiry_days("targets")))
             tg.targets[TARGET_NAME] = target
+            if practice is not None:
+                tg.targets[practice_code.TARGET_NAME] = practice
             tg_md = Metadata(tg)
             self._sign(tg_md, root, "targets", signers)
             tg_bytes = self._write_md(tg_md, f"{tg.version}.targets.json", "targets.json")
@@ -295,6 +300,29 @@ class OperatorRepo:
         pub = self.published()
         assert pub is not None
         return pub
+
+    @property
+    def practice_path(self) -> Path:
+        return self.dir / practice_code.TARGET_NAME
+
+    def practice(self) -> practice_code.Code:
+        """The code of practice this repository publishes (the built-in one if it has none yet)."""
+        if not self.practice_path.exists():
+            return practice_code.default_code()
+        try:
+            return practice_code.load(self.practice_path)
+        except practice_code.CodeError as exc:
+            raise RepoError(str(exc)) from None
+
+    def _practice_target(self) -> TargetFile | None:
+        """REPO_DIR/practice.json as a TUF target, validated first (a broken code is never signed)."""
+        if not self.practice_path.exists():
+            return None
+        body = self.practice_path.read_bytes()
+        self.practice()
+        target = TargetFile.from_data(practice_code.TARGET_NAME, body, ["sha256"])
+        write_atomic(self.targets_dir / f"{target.hashes['sha256']}.{practice_code.TARGET_NAME}", body)
+        return target
 
     def rotate_key(self, role: str, keys: int | None = None, threshold: int | None = None,
                    replace: list[str] | None = None, now: dt.datetime | None = None) -> Metadata[Root]:
@@ -390,7 +418,8 @@ def init_repo(repo_dir: str | Path, keys_dir: str | Path | None = None,
     expiry = {**DEFAULT_EXPIRY_DAYS, **(expiry_days or {})}
     if any(v < 1 for v in expiry.values()):
         raise RepoError("expiry days must be at least 1")
-    data = registry or {"consortium": consortium, "code_of_practice": code_of_practice, "members": []}
+    data = registry or {"consortium": consortium, "code_of_practice": code_of_practice or practice_code.VERSION,
+                        "members": []}
     try:
         model.parse(data)
     except model.RegistryError as exc:
@@ -411,6 +440,7 @@ def init_repo(repo_dir: str | Path, keys_dir: str | Path | None = None,
     write_atomic(d / "repo.json", (json.dumps(settings, indent=2) + "\n").encode())
     repo = OperatorRepo(d)
     repo.save_draft(data)
+    write_atomic(repo.practice_path, (json.dumps(practice_code.default_document(), indent=2) + "\n").encode())
     md = Metadata(root)
     repo._sign(md, root, "root", signers)
     repo._write_md(md, "1.root.json", "root.json")

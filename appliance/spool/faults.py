@@ -3,8 +3,8 @@
 ``os._exit`` skips every cleanup handler, which is as close to kill -9 as a
 process can do to itself, at an exact place (between fsync and rename, after
 the rename but before the directory fsync, just before the 250 reply...).
-Points used: ``after_write``, ``after_fsync``, ``after_rename``, ``after_dirsync``
-(spool) and ``before_reply`` (the relay's SMTP code, just before it answers 250),
+Points used: ``after_write``, ``after_fsync``, ``after_rename``, ``after_dirsync``,
+``after_body_write`` (spool) and ``before_reply`` (the relay's SMTP code, just before it answers 250),
 ``after_deliver`` (delivery, before the outcome is logged).
 Unset (the normal case) this costs one dict lookup.
 """

@@ -1,5 +1,7 @@
 """The durable queue.
 
+Messages received over SMTP are streamed in through ``begin()`` (an ``Incoming``,
+appliance/spool/incoming.py: one fsync per message, into a pre-created file).
 ``store()`` returns a queue id only once the message is on disk: written to
 ``tmp/``, fsynced, renamed into ``queue/``, and ``queue/`` fsynced. Concurrent
 ``store()`` calls are committed together by one thread (group commit): it takes
@@ -30,14 +32,26 @@ from typing import Any
 
 from appliance.fsutil import fsync_dir
 from appliance.spool import faults
-from appliance.spool.format import SpooledMessage, SpoolFormatError, decode, decode_log, encode, encode_log
+from appliance.spool.format import (
+    MAGIC,
+    MAGIC2,
+    SpooledMessage,
+    SpoolFormatError,
+    decode,
+    decode_log,
+    encode,
+    encode_log,
+    read_head,
+)
+from appliance.spool.incoming import Incoming, Precreated
 
 log = logging.getLogger("appliance.spool")
 
 DEFAULT_FREE_RESERVE = 0  # bytes kept free on the spool's file system beyond the message itself
 QUEUE_ID = re.compile(r"^[0-9A-F]{16,40}$")
 FSYNC_THREADS = 16
-SUBDIRS = ("tmp", "queue", "corrupt", "log", "control")
+IO_THREADS = 8  # streamed writes and commits of incoming messages (concurrent fsyncs share journal commits)
+SUBDIRS = ("tmp", "incoming", "queue", "corrupt", "log", "control")
 
 
 class SpoolError(Exception):
@@ -53,7 +67,10 @@ class RecoveryReport:
     queued: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
     dropped_tmp: int = 0
+    dropped_incoming: int = 0  # never-acknowledged files in incoming/ (pre-created ones included)
     dropped_logs: int = 0
+    # The verified envelopes (no data) of every queued message, so delivery need not read them again.
+    heads: dict[str, SpooledMessage] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +98,7 @@ class Spool:
         for sub in SUBDIRS:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         self.tmp_dir = self.dir / "tmp"
+        self.incoming_dir = self.dir / "incoming"
         self.queue_dir = self.dir / "queue"
         self.corrupt_dir = self.dir / "corrupt"
         self.log_dir = self.dir / "log"
@@ -91,6 +109,8 @@ class Spool:
         self._dirsync_q: queue.SimpleQueue[list[_Request] | None] = queue.SimpleQueue()
         self._thread_lock = threading.Lock()
         self._fsync_pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="spool-fsync")
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
+        self.precreated = Precreated(self.incoming_dir, self.io_pool)
         self._listeners: list[Callable[[SpooledMessage], None]] = []
         self._lock_fd: int | None = None
         self.recovered = False
@@ -102,6 +122,29 @@ class Spool:
     def add_listener(self, callback: Callable[[SpooledMessage], None]) -> None:
         """Called in the event loop with each newly stored message (without its data)."""
         self._listeners.append(callback)
+
+    def begin(self, sender: str, recipients: list[str], meta: dict[str, Any]) -> Incoming:
+        """Start a message whose body will be streamed in; raises SpoolError for no recipients."""
+        if not recipients:
+            raise SpoolError("no recipients")
+        name, fresh = self.precreated.take()
+        head = SpooledMessage(new_queue_id(), sender, tuple(recipients), time.time(), dict(meta))
+        return Incoming(self, head, name, fresh)
+
+    def committed(self, head: SpooledMessage) -> None:
+        """An Incoming is durable (called in the event loop): count it and tell the listeners."""
+        self.stats["stored"] += 1
+        self.stats["file_fsyncs"] += 1
+        self._notify(head)
+
+    def check_room(self, size: int) -> None:
+        """Raise SpoolFull when writing SIZE more bytes would eat into the reserve (blocking: a statvfs)."""
+        free = self._free_bytes()
+        if free - size < self.reserve:
+            raise SpoolFull(f"spool file system has {free} bytes free, reserve is {self.reserve}")
+
+    def os_error(self, exc: OSError, what: str) -> SpoolError:
+        return self._os_error(exc, what)
 
     async def store(self, sender: str, recipients: list[str], data: bytes, meta: dict[str, Any]) -> str:
         """Store durably and return the queue id; raises SpoolFull or SpoolError."""
@@ -134,6 +177,9 @@ class Spool:
         self._dirsync_thread = None
         self._fsync_pool.shutdown(wait=True)
         self._fsync_pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="spool-fsync")
+        self.io_pool.shutdown(wait=True)
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(IO_THREADS, thread_name_prefix="spool-io")
+        self.precreated = Precreated(self.incoming_dir, self.io_pool)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -309,27 +355,81 @@ class Spool:
     # --- start-up recovery -----------------------------------------------------------------
 
     def recover(self) -> RecoveryReport:
-        """Drop unacknowledged tmp files, verify every queued file, quarantine bad ones (never delete)."""
-        rep = RecoveryReport()
+        """``prepare()`` then ``verify_queue()``: the whole recovery, before anything is stored."""
+        rep = self.prepare()
+        self.verify_queue(rep)
+        return rep
+
+    def prepare(self, rep: RecoveryReport | None = None) -> RecoveryReport:
+        """The part of recovery that must finish before the relay listens (blocking; quick).
+
+        Drops unacknowledged files from tmp/ and incoming/, moves committed files from
+        incoming/ into queue/, and pre-creates the files new messages are written into.
+        """
+        rep = rep or RecoveryReport()
         for p in self.tmp_dir.iterdir():
             # Nothing in tmp/ was ever acknowledged: store() answers only after the rename.
             with contextlib.suppress(OSError):
                 p.unlink()
                 rep.dropped_tmp += 1
         moved = False
+        for p in sorted(self.incoming_dir.iterdir()):
+            moved |= self._recover_incoming(p, rep)
+        if moved:
+            fsync_dir(self.queue_dir)
+            fsync_dir(self.corrupt_dir)
+        fsync_dir(self.incoming_dir)
+        self.precreated.fill()
+        return rep
+
+    def _recover_incoming(self, p: Path, rep: RecoveryReport) -> bool:
+        """One file left in incoming/ by a crash; True if it was moved."""
+        try:
+            with open(p, "rb") as f:
+                magic = f.read(len(MAGIC2))
+        except OSError:
+            return False
+        if magic not in (MAGIC, MAGIC2):
+            # Its first line is written just before the one fsync: without it the message was never
+            # acknowledged (an empty pre-created file, or a crash while the body was arriving).
+            with contextlib.suppress(OSError):
+                p.unlink()
+                rep.dropped_incoming += 1
+            return False
+        try:
+            head = read_head(p)
+        except (SpoolFormatError, OSError) as exc:
+            # A first line but no valid checksum: torn in the fsync itself, or damaged later.
+            # It may have been acknowledged, so it is kept for the operator.
+            self._quarantine_file(p, rep, exc)
+            return True
+        os.rename(p, self.queue_dir / head.id)
+        log.info("recovered %s from incoming/", head.id)
+        return True
+
+    def _quarantine_file(self, p: Path, rep: RecoveryReport, exc: Exception) -> None:
+        log.error("quarantining corrupt queue file %s: %s", p.name, exc)
+        dest = self.corrupt_dir / p.name
+        if dest.exists():
+            dest = self.corrupt_dir / f"{p.name}.{secrets.token_hex(4)}"
+        os.rename(p, dest)
+        rep.corrupt.append(p.name)
+
+    def verify_queue(self, rep: RecoveryReport | None = None) -> RecoveryReport:
+        """Read and verify every queued file once (blocking; may run while the relay already listens)."""
+        rep = rep or RecoveryReport()
+        moved = False
         for p in sorted(self.queue_dir.iterdir()):
             try:
-                decode(p.read_bytes(), with_data=True)
+                head = read_head(p)
+            except FileNotFoundError:
+                continue  # delivered meanwhile
             except (SpoolFormatError, OSError) as exc:
-                log.error("quarantining corrupt queue file %s: %s", p.name, exc)
-                dest = self.corrupt_dir / p.name
-                if dest.exists():
-                    dest = self.corrupt_dir / f"{p.name}.{secrets.token_hex(4)}"
-                os.rename(p, dest)
+                self._quarantine_file(p, rep, exc)
                 moved = True
-                rep.corrupt.append(p.name)
                 continue
             rep.queued.append(p.name)
+            rep.heads[p.name] = head
         self.recovered = True
         if moved:
             fsync_dir(self.corrupt_dir)
@@ -337,7 +437,7 @@ class Spool:
         queued = set(rep.queued)
         for p in self.log_dir.iterdir():
             # A log whose message is gone belongs to a finished message (queue file is removed first).
-            if p.name not in queued and not (self.corrupt_dir / p.name).exists():
+            if p.name not in queued and not (self.corrupt_dir / p.name).exists() and not (self.queue_dir / p.name).exists():
                 with contextlib.suppress(OSError):
                     p.unlink()
                     rep.dropped_logs += 1
@@ -354,8 +454,13 @@ class Spool:
         return self.queue_dir / qid
 
     def load(self, qid: str, *, with_data: bool = True) -> SpooledMessage:
-        """The verified message; raises FileNotFoundError if gone, SpoolFormatError if corrupt."""
-        return decode(self.path(qid).read_bytes(), with_data=with_data)
+        """The verified message; raises FileNotFoundError if gone, SpoolFormatError if corrupt.
+
+        Without data the file is verified block by block, never held whole.
+        """
+        if not with_data:
+            return read_head(self.path(qid))
+        return decode(self.path(qid).read_bytes())
 
     def read_log(self, qid: str) -> list[dict[str, Any]]:
         try:

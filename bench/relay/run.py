@@ -4,8 +4,8 @@
 
 For each message size (1 KB, 100 KB) and session count (1, 20, 100):
 - throughput: smtp-source sends a bounded number of messages; msg/s = count / wall time
-  (every 250 means the message is on disk: our spool fsyncs file and directory; Postfix
-  fsyncs its queue file before 250);
+  (every 250 means the message is on disk: our spool fsyncs the message's file, whose name
+  was made durable beforehand (docs/spool.md); Postfix fsyncs its queue file before 250);
 - latency: a second, smaller pass with a Python client at the same session count, timing
   DATA's final "." to the 250 reply (p50/p99).
 Our relay delivers what it accepts into a local Maildir (fsynced) while it accepts;

@@ -8,9 +8,12 @@ appliance:
         - isp-b.test
       member_id: isp-b
       postmaster: postmaster@isp-b.test
-
+    relay:
+      ca_file: /etc/appliance/consortium-ca.pem   # image-build/vagrant-consortium.sh writes it
     registry:
       url: http://192.168.77.10:8080/
+      root: /etc/appliance/registry-root.json   # the operator's 1.root.json (vagrant-consortium.sh)
+      poll_interval: 30
   tls:
     names:
       - 192.168.77.12

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -43,10 +44,23 @@ class StartupError(Exception):
     """Something the relay needs is missing or unusable; one line, the process exits before listening."""
 
 
+M_ARENA_MAX = -8  # glibc's mallopt() parameter (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """Few glibc malloc arenas: the spool, delivery and auth threads each allocating message blocks
+    would otherwise each keep an arena of freed blocks (about 20 MB more RSS under 20 large transfers).
+    Set before those threads exist; a no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
 class RelayApp:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
+        _limit_malloc_arenas()
         # Files that must be usable first: a bad one stops the relay with one line.
         self.tls_plain: ssl.SSLContext = server_context(cfg)
         self.tls_client_cert = PinnedClientCertContext(cfg.tls.cert, cfg.tls.key)
@@ -98,8 +112,9 @@ class RelayApp:
     async def start(self) -> None:
         if self.spool.relay_running():
             raise StartupError(f"{self.spool.dir}: another relay process is using this spool")
-        # Recovery before listening: nothing new may be written to tmp/ while it is cleaned.
-        rep = await asyncio.to_thread(self.spool.recover)
+        # The quick part of recovery before listening (tmp/ and incoming/ are cleaned, files pre-created);
+        # the delivery manager verifies queue/ while the relay already listens, and delivers after.
+        rep = await asyncio.to_thread(self.spool.prepare)
         if rep.corrupt:
             log.error("quarantined %d corrupt queue file(s) into %s", len(rep.corrupt), self.spool.corrupt_dir)
         self.delivery = DeliveryManager(self.cfg, self.spool, lambda: self.registry.snapshot)

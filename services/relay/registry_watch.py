@@ -30,8 +30,8 @@ from pathlib import Path
 from tuf.api.exceptions import RepositoryError
 
 from appliance import metrics
-from appliance.registry.client import trusted_expiry
 from appliance.registry.model import Registry, RegistryError, load
+from appliance.registry.trusted import trusted_expiry
 
 log = logging.getLogger("relay.registry")
 POLL_SECONDS = 2.0

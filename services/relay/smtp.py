@@ -9,10 +9,14 @@ What is changed from aiosmtpd 1.4.6, and why:
   is closed (``554 5.7.1`` for outsiders on port 25);
 - AUTH is PLAIN/LOGIN, only after TLS (``530 5.7.0`` before), and the password
   hash is checked in a thread pool so argon2 never blocks the event loop;
-- DATA is read in blocks up to ``<CRLF>.<CRLF>`` only: a bare LF or CR in the
-  data (SMTP smuggling, RFC 5321 2.3.8) refuses the message; the size limit
+- DATA is streamed to the spool as it arrives (services/relay/data.py decodes
+  it): only the header section is held in memory, so a session's memory does
+  not grow with the message. Only ``<CRLF>.<CRLF>`` ends it; a bare LF or CR in
+  the data (SMTP smuggling, RFC 5321 2.3.8) refuses the message; the size limit
   answers ``552 5.3.4`` after the data is drained (RFC 5321 4.2.5);
-- ``250`` after DATA only once the spool has the message on disk.
+- header changes (Bcc, Date, Message-ID, DKIM, Received) are the policy's
+  modifier stage (appliance/policy/modifiers.py), run in a worker thread;
+- ``250`` after DATA only once the spool has fsynced the message.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from appliance import metrics
 from appliance.addresses import AddressError, normalize_address
-from appliance.message import Message, add_missing_ids, received, strip_bcc
-from appliance.policy.session import Envelope as AcceptedEnvelope
 from appliance.policy.session import Session as PolicySession
 from appliance.policy.verdicts import (
     AUTH_ABORTED,
@@ -44,21 +46,19 @@ from appliance.policy.verdicts import (
     AUTH_NOT_OFFERED,
     AUTH_OK,
     AUTH_SYNTAX,
-    BARE_NEWLINE,
     INTERNAL_ERROR,
-    MESSAGE_TOO_BIG,
     NEED_RCPT,
-    QUEUED,
     RECIPIENT_OK,
     SENDER_OK,
-    SPOOL_FULL,
     STARTTLS_FIRST,
     TLS_ALREADY,
     TLS_NOT_AVAILABLE,
     Verdict,
     translate,
 )
-from appliance.spool import SpoolError, SpoolFull, faults
+from appliance.spool import faults
+from services.relay.data import DataDecoder
+from services.relay.receive import Receiver
 from services.relay.tls import describe
 
 if TYPE_CHECKING:
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.smtp")
 
 DATA_BLOCK = 65536
-TERMINATOR = b"\r\n.\r\n"
 SUBMISSION = ("submission", "submissions")
 # Per-connection command budgets (aiosmtpd answers "421 4.7.0 ... sent too many times" and closes):
 # generous for mail, tight for what only a prober repeats.
@@ -121,6 +120,8 @@ class RelaySMTP(SMTP):
         self._refusal: Verdict | None = None
         self._close_after_reply = False
         self._counted = False
+        self._decoder: DataDecoder | None = None
+        self._data_ended = 0.0
         cfg = app.cfg
         super().__init__(
             app.handler,
@@ -410,21 +411,15 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        body, too_big = await self._read_data()
-        started = time.monotonic()
         try:
-            if too_big:
-                verdict: Verdict = self.data_refused(MESSAGE_TOO_BIG.verdict("size", limit=self.data_size_limit))
-            elif (crlf := body.count(b"\r\n")) != body.count(b"\n") or body.count(b"\r") != crlf:
-                # SMTP smuggling: a bare LF or CR could end DATA at a less careful next hop.
-                verdict = self.data_refused(BARE_NEWLINE.verdict("smuggling"))
-            else:
-                verdict = await self.app.handler.accept_message(self, body)
+            verdict = await self.app.handler.receiver.receive(self)
+        except ConnectionError:
+            raise
         except Exception:
             log.exception("DATA failed ip=%s", self.psession.client_ip if self.psession else "?")
             metrics.INTERNAL_ERRORS.labels("data").inc()
             verdict = self.data_refused(INTERNAL_ERROR.verdict())
-        metrics.DATA_LATENCY.observe(time.monotonic() - started)
+        metrics.DATA_LATENCY.observe(time.monotonic() - self._data_ended)
         self._set_post_data_state()
         if verdict.code == 250:
             faults.point("before_reply")  # crash-safety tests: the message is stored, the client not told
@@ -439,47 +434,38 @@ class RelaySMTP(SMTP):
                  ps.member_id, verdict.reply(), verdict.origin)
         return verdict
 
-    async def _read_data(self) -> tuple[bytes, bool]:
-        """Read to ``<CRLF>.<CRLF>``; return (unstuffed data, whether it was over the size limit).
+    def start_data(self) -> None:
+        self._decoder = DataDecoder()
+        self._data_ended = time.monotonic()
 
-        Only CRLF.CRLF ends the data (RFC 5321 4.1.1.4); ``<LF>.<LF>`` or
-        ``<CR>.<CR>`` do not. Data beyond the terminator (pipelined commands)
-        is put back for the command loop.
+    async def read_data(self) -> bytes | None:
+        """The next decoded DATA bytes, None once ``<CRLF>.<CRLF>`` was read (RFC 5321 4.1.1.4).
+
+        Bytes after the terminator (pipelined commands) are put back for the command loop.
         """
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        # A virtual CRLF in front: the DATA command's own line end, so an empty
-        # message (".\r\n" right away) is found the same way as any other end.
-        buf = bytearray(b"\r\n")
-        scan = 0
-        too_big = False
-        while True:
-            chunk = await reader.read(DATA_BLOCK)
-            if not chunk:
-                raise ConnectionResetError("connection closed during DATA")
-            self._reset_timeout()
-            buf += chunk
-            end = buf.find(TERMINATOR, scan)
-            if end >= 0:
-                rest = buf[end + len(TERMINATOR):]
-                if rest:
-                    reader._buffer[:0] = rest  # type: ignore[attr-defined]
-                if too_big:
-                    return b"", True
-                data = bytes(buf[2:end + 2])
-                break
-            if limit and len(buf) > limit + 2 + len(TERMINATOR):
-                # Over the limit: keep only what may be the start of the terminator.
-                too_big = True
-                del buf[:-len(TERMINATOR)]
-                scan = 0
-            else:
-                scan = max(0, len(buf) - len(TERMINATOR) + 1)
-        # Remove the transparency dots (RFC 5321 4.5.2).
-        if data.startswith(b"."):
-            data = data[1:]
-        data = data.replace(b"\r\n.", b"\r\n")
-        return data, limit > 0 and len(data) > limit
+        dec = self._decoder
+        assert dec is not None
+        if dec.done:
+            return None
+        chunk = await self._reader.read(DATA_BLOCK)
+        if not chunk:
+            raise ConnectionResetError("connection closed during DATA")
+        self._reset_timeout()
+        out = dec.feed(chunk)
+        if dec.done:
+            self._data_ended = time.monotonic()
+            if dec.rest:
+                self._reader._buffer[:0] = dec.rest  # type: ignore[attr-defined]
+        return out
+
+    @property
+    def bare_newline(self) -> bool:
+        return self._decoder is not None and self._decoder.bare_newline
+
+    async def drain_data(self) -> None:
+        """Read and drop the rest of the data (a reply before its end would be read as data)."""
+        while self._decoder is not None and await self.read_data() is not None:
+            pass
 
 
 # Keep aiosmtpd's HELP texts for the commands overridden above.
@@ -492,6 +478,7 @@ class RelayHandler:
 
     def __init__(self, app: RelayApp) -> None:
         self.app = app
+        self.receiver = Receiver(app)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error: ..." - a permanent failure for what is
@@ -540,6 +527,7 @@ class RelayHandler:
         if ps.login is not None:
             # Fresh for every message (a disable or hold applies at once), read off the event loop.
             ps.account = await self.app.read_accounts(self.app.accounts.get, ps.login)
+        await self.app.pipeline.prepare_mail(ps, sender)  # outsiders' DNS lookups (DNSBL), off the event loop
         verdict = self.app.pipeline.mail(ps, sender)
         if verdict is not None:
             if verdict.close:
@@ -572,57 +560,3 @@ class RelayHandler:
         envelope.rcpt_options.extend(rcpt_options)
         ps.recipients.append(normalized)
         return RECIPIENT_OK.reply()
-
-    async def accept_message(self, server: RelaySMTP, data: bytes) -> Verdict:
-        """Policy on the content, header changes, then the durable spool write."""
-        app = self.app
-        ps = server.psession
-        assert ps is not None and ps.sender is not None
-        message = Message.parse(data)
-        verdict = app.pipeline.data(ps, message)
-        if verdict is not None:
-            return verdict
-        recipients = list(ps.recipients)
-        customer = server.listener != "mx"
-        if customer:
-            strip_bcc(message)
-            add_missing_ids(message, app.cfg.box.hostname)
-            if app.signer is not None:
-                app.signer.sign(message)
-        tls_text = ps.notes.get("tls")
-        if server.listener == "internal":
-            with_, via = "ESMTPA", f"{ps.protocol.upper()} submission"
-        else:
-            with_ = "ESMTP" + ("S" if ps.tls else "") + ("A" if ps.login else "")
-            via = None
-        message.prepend("Received", received(
-            helo=ps.helo, client_ip=ps.client_ip, hostname=app.cfg.box.hostname, with_=with_,
-            recipients=recipients, tls=tls_text if isinstance(tls_text, str) else None, via=via,
-        ))
-        out = message.to_bytes()
-        meta = {
-            "listener": server.listener,
-            "protocol": ps.protocol,
-            "client_ip": ps.client_ip,
-            "helo": ps.helo,
-            "login": ps.login,
-            "member": ps.member_id,
-        }
-        try:
-            queue_id = await app.spool.store(ps.sender, recipients, out, meta)
-        except SpoolFull as exc:
-            log.error("spool full: %s", exc)
-            metrics.SPOOL_ERRORS.labels("full").inc()
-            return server.data_refused(SPOOL_FULL.verdict("spool"))
-        except SpoolError as exc:
-            log.error("spool error: %s", exc)
-            metrics.SPOOL_ERRORS.labels("error").inc()
-            return server.data_refused(INTERNAL_ERROR.verdict("spool"))
-        ps.messages += 1
-        metrics.MESSAGES.labels(server.listener).inc()
-        metrics.RECIPIENTS.labels(server.listener).inc(len(recipients))
-        metrics.BYTES.labels(server.listener).inc(len(out))
-        log.info("queued %s listener=%s ip=%s login=%s member=%s from=<%s> rcpts=%d size=%d", queue_id,
-                 server.listener, ps.client_ip, ps.login, ps.member_id, ps.sender, len(recipients), len(out))
-        app.pipeline.accepted(ps, AcceptedEnvelope(queue_id, ps.sender, tuple(recipients), len(out)))
-        return QUEUED.verdict("spool", queue_id=queue_id)

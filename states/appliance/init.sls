@@ -8,6 +8,7 @@ include:
   - appliance.venv
   - appliance.validate
   - appliance.firewall      # before certbot: standalone HTTP-01 needs port 80 open
+  - appliance.ssh
   - appliance.dkim
   - appliance.tls
   - appliance.certbot

@@ -35,6 +35,7 @@ appliance-service:
       - file: appliance-config
       - cmd: appliance-venv-install
       - file: appliance-tls-selfsigned-files
+      - cmd: appliance-tls-selfsigned          # a new certificate (the box's names changed)
       - file: appliance-dkim-key
 
 # Every program supervisor knows is RUNNING; start those that are not

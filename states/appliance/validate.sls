@@ -34,6 +34,9 @@
 {%-   if nets is string or nets is not iterable %}{{ fail('firewall:' ~ key, nets, 'must be a list of addresses or CIDRs') }}{% endif %}
 {%-   for n in nets %}{% if n is not string or not (n | ipaddr) %}{{ fail('firewall:' ~ key, n, 'not an IP address or CIDR') }}{% endif %}{% endfor %}
 {%- endfor %}
+{%- if appliance.ssh.admin_user is not string or not (appliance.ssh.admin_user | regex_match('([a-z_][a-z0-9_-]{0,31})$')) or appliance.ssh.admin_user in ['root', 'vagrant', appliance.user] %}{{ fail('ssh:admin_user', appliance.ssh.admin_user, 'must be a new login name (not root, vagrant or the service user)') }}{% endif %}
+{%- if appliance.ssh.authorized_keys is string or appliance.ssh.authorized_keys is not iterable %}{{ fail('ssh:authorized_keys', appliance.ssh.authorized_keys, 'must be a list of OpenSSH public key lines') }}{% endif %}
+{%- for k in appliance.ssh.authorized_keys %}{% if k is not string or '\n' in k or not (k | regex_match('((ssh|ecdsa|sk-ssh|sk-ecdsa)-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( .*)?$')) %}{{ fail('ssh:authorized_keys', k, 'not an OpenSSH public key line') }}{% endif %}{% endfor %}
 {%- if appliance.logrotate.days is not integer or appliance.logrotate.days < 1 %}{{ fail('logrotate:days', appliance.logrotate.days, 'must be a positive integer') }}{% endif %}
 {%- if not (appliance.config.paths.run_dir | string).startswith('/run/') %}{{ fail('config:paths:run_dir', appliance.config.paths.run_dir, 'must be under /run/ (systemd RuntimeDirectory)') }}{% endif %}
 

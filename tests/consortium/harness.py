@@ -296,7 +296,7 @@ class Consortium:
             # isp-a's entry lists the domain of the edge box it sponsors: members send colo.test's mail to isp-a.
             domains = [b.domain, colo.domain] if name == "isp-a" else [b.domain]
             # Generous member limits: the load scenario must measure crashes, not pacing.
-            self.operator("add-member", "--id", name, "--name", f"ISP {name[-1].upper()}",
+            self.operator("add-member", "--without-probe", "--id", name, "--name", f"ISP {name[-1].upper()}",
                           *(x for d in domains for x in ("--domain", d)), "--abuse", f"abuse@{b.domain}",
                           "--relay", f"{b.address}:{PORTS['mx']}={b.address}/32",
                           "--messages-per-minute", "100000", "--burst", "5000", "--connections", "200")

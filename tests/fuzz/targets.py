@@ -12,7 +12,7 @@ within a fixed time budget in ``make test``, and every file in ``corpus/`` and
   first byte chooses raw bytes (framing checks) or an envelope framed with a
   correct checksum (so the envelope parser is reached);
 - ``smtp``: the relay's SMTP parsing: the MAIL/RCPT path argument
-  (``RelaySMTP._getaddr``), DATA (``RelaySMTP._read_data``, checked against the
+  (``RelaySMTP._getaddr``), DATA (``RelaySMTP.read_data``, checked against the
   box's own dot-stuffing, ``appliance.submitclient``) and the header/body split
   of the message (``appliance.message.Message``);
 - ``imap``: the IMAP command reader (``services.access.imapproto.parser``),
@@ -29,7 +29,8 @@ from appliance.message import Message
 from appliance.registry import model
 from appliance.spool import format as spool_format
 from appliance.submitclient import _dot_stuff
-from services.relay.smtp import TERMINATOR, RelaySMTP
+from services.relay.data import TERMINATOR
+from services.relay.smtp import RelaySMTP
 from tests.imapproto.fuzz_target import imap
 
 # --- registry ---------------------------------------------------------------------------------------
@@ -90,7 +91,7 @@ _loop: asyncio.AbstractEventLoop | None = None
 
 
 def _session(limit: int) -> RelaySMTP:
-    # Only the state _getaddr and _read_data use; the rest of a session (policy, spool) is not involved.
+    # Only the state _getaddr and read_data use; the rest of a session (policy, spool) is not involved.
     s = object.__new__(RelaySMTP)
     s._reader = asyncio.StreamReader(limit=1 << 20)  # type: ignore[attr-defined]
     s.data_size_limit = limit
@@ -106,8 +107,15 @@ def _read_data(stream: bytes, limit: int) -> tuple[tuple[bytes, bool] | None, by
     reader = s._reader  # type: ignore[attr-defined]
     reader.feed_data(stream)
     reader.feed_eof()
+    async def read_all() -> tuple[bytes, bool]:
+        s.start_data()
+        out = b""
+        while (part := await s.read_data()) is not None:
+            out += part
+        return out, bool(limit) and len(out) > limit
+
     try:
-        got = _loop.run_until_complete(s._read_data())
+        got = _loop.run_until_complete(read_all())
     except ConnectionResetError:
         got = None
     rest = bytes(reader._buffer)  # what is left for the command loop (pipelined commands)

@@ -42,25 +42,40 @@ def inputs_digest() -> str:
 
 
 def build_image() -> dict[str, object]:
-    """Run image-build/build.sh unless build/ already holds an image of these inputs."""
-    digest = inputs_digest()
-    stamp = BUILD / ".image-inputs"
-    qcow2, box = BUILD / "appliance.qcow2", BUILD / "appliance.box"
-    reused = qcow2.exists() and box.exists() and stamp.exists() and stamp.read_text().strip() == digest
-    if os.environ.get("IMAGE_TEST_REUSE") == "1" and qcow2.exists() and box.exists():
-        reused = True  # iterating on the tests themselves: take build/ as it is
-    if not reused:
-        stamp.unlink(missing_ok=True)
-        proc = subprocess.run(["bash", str(REPO / "image-build/build.sh")], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT, env={**os.environ, "IMAGE_BUILD_DIR": str(BUILD)})
-        if proc.returncode != 0:
-            pytest.fail(f"make image failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        stamp.write_text(digest + "\n")
+    """Run image-build/build.sh unless build/ already holds an image of these inputs; a raw copy to inspect."""
+    reused = ensure_image()
+    qcow2 = BUILD / "appliance.qcow2"
     raw = BUILD / "test" / "appliance.raw"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.unlink(missing_ok=True)
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(qcow2), str(raw)], check=True, timeout=600)
     return {"raw": raw, "reused": reused}
+
+
+def ensure_image(build: Path = BUILD, profile: str = "vagrant", pillar: Path | None = None) -> bool:
+    """Build the image of PROFILE into BUILD unless it holds one of these inputs already; True if reused.
+
+    One build per `make test`: tests/image and tests/vagrant both call this, and the stamp
+    (the inputs' digest) makes the second call a no-op.
+    """
+    digest = inputs_digest() + f" {profile} " + (hashlib.sha256(pillar.read_bytes()).hexdigest() if pillar else "")
+    stamp = build / ".image-inputs"
+    qcow2, box = build / "appliance.qcow2", build / "appliance.box"
+    outputs = [qcow2, box] if profile == "vagrant" else [qcow2]
+    reused = all(o.exists() for o in outputs) and stamp.exists() and stamp.read_text().strip() == digest
+    if os.environ.get("IMAGE_TEST_REUSE") == "1" and all(o.exists() for o in outputs):
+        reused = True  # iterating on the tests themselves: take build/ as it is
+    if not reused:
+        stamp.unlink(missing_ok=True)
+        env = {**os.environ, "IMAGE_BUILD_DIR": str(build), "PROFILE": profile}
+        if pillar:
+            env["IMAGE_PILLAR"] = str(pillar)
+        proc = subprocess.run(["bash", str(REPO / "image-build/build.sh")], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT, env=env)
+        if proc.returncode != 0:
+            pytest.fail(f"make image PROFILE={profile} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        stamp.write_text(digest + "\n")
+    return reused
 
 
 @dataclass

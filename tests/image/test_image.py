@@ -26,6 +26,7 @@ from tests.image.imagetools import (
     BootedImage,
     boot_image,
     build_image,
+    ensure_image,
     image_paths,
     vagrant_private_key,
 )
@@ -202,3 +203,45 @@ def test_boot_to_banner_is_recorded(booted: BootedImage, image_build: dict[str, 
     stats_file.write_text(json.dumps(stats) + "\n")
     assert booted.banner_seconds > 0
     assert vagrant_private_key().exists()
+
+
+# --- PROFILE=production ---------------------------------------------------------------------
+
+# A public key only (its private half was never kept): what an operator puts in the pillar.
+OPERATOR_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHT+UTZoZ5TrBnxtaOQGJ9eESBcDe9FlgtTOn26M8/Mj "
+                "production-image-test")
+
+
+def test_production_image_has_no_vagrant_user_and_only_the_pillars_key(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the image build needs root (chroot, mounts)")
+    # The build pillar plus the operator's key (appliance:ssh:authorized_keys).
+    pillar = tmp_path / "production-pillar.sls"
+    pillar.write_text((REPO / "image-build/build-pillar.sls").read_text()
+                      + f"  ssh:\n    authorized_keys:\n      - {OPERATOR_KEY}\n")
+    build = BUILD / "production-test"
+    ensure_image(build, profile="production", pillar=pillar)  # cached like the Vagrant image
+    assert (build / "appliance.qcow2").exists() and not (build / "appliance.box").exists()
+    raw = tmp_path / "production.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(build / "appliance.qcow2"), str(raw)], check=True,
+                   timeout=600)
+    try:
+        files = image_paths(raw, tmp_path / "scratch")
+        users = {line.split(":")[0] for line in files.read("/etc/passwd").decode().splitlines()}
+        assert "vagrant" not in users and "admin" in users
+        assert not files.exists("/home/vagrant") and not files.exists("/etc/sudoers.d/vagrant")
+        keys = [ln for ln in files.read("/home/admin/.ssh/authorized_keys").decode().splitlines()
+                if ln and not ln.startswith("#")]
+        assert keys == [OPERATOR_KEY]
+        assert "PasswordAuthentication no" in files.read("/etc/ssh/sshd_config.d/50-appliance.conf").decode()
+        # Vagrant's publicly known key is nowhere in the image.
+        insecure = Path(str(vagrant_private_key()) + ".pub").read_text().split()[1]
+        for root in ("/home", "/root", "/etc"):
+            out = tmp_path / "dump" / root.strip("/")
+            out.mkdir(parents=True, exist_ok=True)
+            files._debugfs(f"rdump {root} {out}")
+            hits = [str(f) for f in out.rglob("*") if f.is_file() and not f.is_symlink()
+                    and insecure.encode() in f.read_bytes()]
+            assert hits == [], f"Vagrant's insecure key in the production image: {hits}"
+    finally:
+        raw.unlink(missing_ok=True)

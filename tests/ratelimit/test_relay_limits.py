@@ -165,7 +165,7 @@ def test_member_over_its_registry_limit_gets_450_never_5xx(relay: Relay) -> None
     results = []
     start = time.monotonic()
     for _ in range(MEMBER_BURST + 3):
-        out = swaks(relay, "--from", "someone@example.test", "--to", "bob@example.test",
+        out = swaks(relay, "--from", "someone@remote.test", "--to", "bob@example.test",
                     "--header", "Subject: member-rate", listener="mx")
         results.append(final_reply(out))
     elapsed = time.monotonic() - start

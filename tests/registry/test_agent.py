@@ -51,7 +51,7 @@ def test_agent_under_supervisor_picks_up_a_suspension(box: Box) -> None:
     try:
         services = {s["name"]: s["state"] for s in box.status()["services"]}
         assert services["registry_sync"] == "running"
-        op.cli("add-member", "--id", "isp-b", "--domain", "isp-b.test", "--relay", "mx.isp-b.test=192.0.2.20")
+        op.cli("add-member", "--without-probe", "--id", "isp-b", "--domain", "isp-b.test", "--relay", "mx.isp-b.test=192.0.2.20")
         op.cli("publish")
         reg_file = box.cfg.registry_dir / "registry.json"
         wait_for(lambda: "isp-b" in reg_file.read_text(), "the new member in registry.json")
@@ -105,8 +105,8 @@ def test_members_get_421_once_the_last_good_registry_expires_and_customers_do_no
 @pytest.mark.root
 def test_firewall_set_lists_active_members_only(box: Box) -> None:
     op = own_registry(box)
-    op.cli("add-member", "--id", "isp-b", "--domain", "isp-b.test", "--relay", "mx.isp-b.test=192.0.2.20+2001:db8::20")
-    op.cli("add-member", "--id", "isp-c", "--domain", "isp-c.test", "--relay", "mx.isp-c.test=192.0.2.30", "--suspended")
+    op.cli("add-member", "--without-probe", "--id", "isp-b", "--domain", "isp-b.test", "--relay", "mx.isp-b.test=192.0.2.20+2001:db8::20")
+    op.cli("add-member", "--without-probe", "--id", "isp-c", "--domain", "isp-c.test", "--relay", "mx.isp-c.test=192.0.2.30", "--suspended")
     op.cli("publish")
     point_box(box, box.cfg.registry.url, Path(box.cfg.registry.root), firewall="auto")
     net = Net()

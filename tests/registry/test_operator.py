@@ -41,7 +41,7 @@ def make_operator_error(repo: Path, *args: str) -> tuple[int, str, str]:
 
 def test_invalid_member_lists_are_refused_and_the_draft_kept(tmp_path: Path) -> None:
     op = make_operator(tmp_path)
-    op.cli("add-member", "--id", "isp-a", "--domain", "isp-a.example", "--relay", "mx1.isp-a.example=192.0.2.0/28")
+    op.cli("add-member", "--without-probe", "--id", "isp-a", "--domain", "isp-a.example", "--relay", "mx1.isp-a.example=192.0.2.0/28")
     draft = (op.repo_dir / "registry.json").read_bytes()
     bad = [
         (["--id", "isp-b", "--domain", "isp-b.example", "--relay", "mx.isp-b.example=192.0.2.8"], "overlaps member isp-a"),
@@ -55,7 +55,7 @@ def test_invalid_member_lists_are_refused_and_the_draft_kept(tmp_path: Path) -> 
         (["--id", "isp-a", "--domain", "isp-c.example", "--relay", "mx.isp-c.example=198.51.100.2"], "already exists"),
     ]
     for args, reason in bad:
-        rc, _, err = op.cli("add-member", *args, check=False)
+        rc, _, err = op.cli("add-member", "--without-probe", *args, check=False)
         assert rc == 1, args
         assert reason in err and len(err.strip().splitlines()) == 1, (args, err)
         assert (op.repo_dir / "registry.json").read_bytes() == draft
@@ -66,7 +66,7 @@ def test_invalid_member_lists_are_refused_and_the_draft_kept(tmp_path: Path) -> 
 def test_publish_bumps_versions_and_refuses_without_enough_keys(tmp_path: Path) -> None:
     op = make_operator(tmp_path)
     pin = "ab" * 32
-    op.cli("add-member", "--id", "isp-a", "--domain", "isp-a.example", "--relay", "mx1.isp-a.example:2525=192.0.2.10",
+    op.cli("add-member", "--without-probe", "--id", "isp-a", "--domain", "isp-a.example", "--relay", "mx1.isp-a.example:2525=192.0.2.10",
            "--pin", pin, "--messages-per-minute", "120", "--burst", "40")
     _, out, _ = op.cli("show")
     assert "isp-a" in out and "mx1.isp-a.example:2525" in out and "120.0, 40, 20" in out
@@ -127,13 +127,13 @@ def test_box_syncs_over_http_from_registry_serve(box: Box, operator: Operator, t
 
 def test_ipv6_relays_and_rotating_a_single_key(tmp_path: Path) -> None:
     op = make_operator(tmp_path)
-    op.cli("add-member", "--id", "isp-6", "--domain", "isp-6.example", "--relay", "[2001:db8::25]:2525=2001:db8::25+192.0.2.25",
+    op.cli("add-member", "--without-probe", "--id", "isp-6", "--domain", "isp-6.example", "--relay", "[2001:db8::25]:2525=2001:db8::25+192.0.2.25",
            "--relay", "mx2.isp-6.example=2001:db8:1::/64")
     relays = op.draft()["members"][0]["relays"]
     assert relays[0] == {"host": "2001:db8::25", "port": 2525, "addresses": ["2001:db8::25/128", "192.0.2.25/32"],
                          "spki_sha256": []}
     assert relays[1]["port"] == 25 and relays[1]["addresses"] == ["2001:db8:1::/64"]
-    rc, _, err = op.cli("add-member", "--id", "bad", "--domain", "bad.example", "--relay", "mx.bad.example", check=False)
+    rc, _, err = op.cli("add-member", "--without-probe", "--id", "bad", "--domain", "bad.example", "--relay", "mx.bad.example", check=False)
     assert rc == 1 and "expected HOST[:PORT]=CIDR" in err
     # A leaked timestamp key: replace just that one; the root moves to version 2, signed by old and new.
     old_ts = next(op.keys_dir.glob("timestamp-*.key")).name.split("-")[1].split(".")[0]

@@ -88,7 +88,7 @@ def test_member_suspended_and_reactivated_across_two_boxes(tmp_path: Path) -> No
             op.cli("suspend", "b")
             publish_and_wait_one_poll(op, a, b)
             # The relay swaps in the new snapshot when registry.json's mtime changes (it checks every 2 s).
-            wait_for(lambda: greeting_verdict(a, b_address, alice) == "554 5.7.1", "A refusing suspended B", 60)
+            wait_for(lambda: greeting_verdict(a, b_address, alice) == "421 4.7.1", "A deferring suspended B", 60)
             assert b.status()["registry"]["alarm"] is None
 
             op.cli("reactivate", "b")

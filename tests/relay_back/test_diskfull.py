@@ -57,3 +57,6 @@ def test_disk_full_answers_452_and_every_250_is_on_disk(tmpfs_spool: Config, tmp
             msg = decode((queue / m.group(1)).read_bytes())  # present, complete and checksummed
             assert b"load.test" in msg.data
     assert not any((Path(cfg.paths.spool_dir) / "tmp").iterdir()), "partial files left in tmp/"
+    # Refused messages' files were emptied (and kept as pre-created files for the next ones).
+    incoming = Path(cfg.paths.spool_dir) / "incoming"
+    assert all(p.stat().st_size == 0 for p in incoming.iterdir()), "partial files left in incoming/"

@@ -95,3 +95,66 @@ def test_outcome_log_ignores_torn_last_line(tmp_path: Path) -> None:
     with open(spool.log_dir / qid, "ab") as fh:
         fh.write(b'{"r":"c@example.test","s":"deliv')  # crash mid-append
     assert spool.read_log(qid) == [{"r": "b@example.test", "s": "delivered"}]
+
+
+def test_streamed_message_costs_one_fsync_and_reads_back_whole(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()  # pre-creates the files (their names durable)
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    body = b"\r\n" + b"line of the body\r\n" * 40_000  # several flushes
+
+    async def one() -> str:
+        inc = spool.begin("a@example.test", ["b@example.test"], {"n": 1})
+        for i in range(0, len(body), 7000):
+            await inc.write(body[i:i + 7000])
+        await inc.flush()
+        assert b"".join(inc.iter_body()) == body  # what a data check reads back
+        return await inc.commit(b"Received: by test\r\nSubject: s\r\n")
+
+    qid = run(one())
+    spool.close()
+    assert len(calls) == 1  # the file's fsync, no directory fsync
+    msg = spool.load(qid)
+    assert msg.data == b"Received: by test\r\nSubject: s\r\n" + body
+    assert msg.sender == "a@example.test" and msg.recipients == ("b@example.test",) and msg.meta == {"n": 1}
+    assert spool.precreated.stats["fresh"] == 0
+
+
+def test_refused_stream_leaves_nothing_and_recovery_sorts_incoming(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.prepare()
+
+    async def some() -> tuple[str, Path]:
+        refused = spool.begin("a@example.test", ["b@example.test"], {})
+        await refused.write(b"\r\n" + b"x" * 300_000)
+        await refused.abort()
+        assert refused.path.exists() and refused.path.stat().st_size == 0  # emptied, back in the pool
+        # A crash while the body arrived: written, never committed.
+        torn = spool.begin("a@example.test", ["b@example.test"], {})
+        await torn.write(b"\r\n" + b"y" * 300_000)
+        kept = spool.begin("a@example.test", ["b@example.test"], {})
+        await kept.write(b"\r\nz\r\n")
+        qid = await kept.commit(b"Subject: kept\r\n")
+        return qid, torn.path
+
+    qid, torn_path = run(some())
+    spool.close()
+    assert torn_path.stat().st_size > 300_000
+    # Committed but not yet renamed when the box died: recovery must still find it.
+    os.rename(spool.queue_dir / qid, spool.incoming_dir / "fcommitted")
+    bad = bytearray((spool.incoming_dir / "fcommitted").read_bytes())
+    (spool.incoming_dir / "fdamaged").write_bytes(bytes(bad[:-1]) + bytes([bad[-1] ^ 1]))
+    rep = Spool(tmp_path / "spool").recover()
+    assert rep.queued == [qid] and rep.corrupt == ["fdamaged"]
+    assert spool.load(qid).data == b"Subject: kept\r\n\r\nz\r\n"
+    assert not torn_path.exists()  # no first line: never acknowledged, dropped
+    assert os.listdir(spool.corrupt_dir) == ["fdamaged"]
+    assert all(p.stat().st_size == 0 for p in spool.incoming_dir.iterdir())  # only the fresh pool is left

@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from appliance.policy import pipeline
+from appliance.policy import modifiers, pipeline
 from appliance.policy.check import Check
 from services.relay import __main__ as relay_main
 from services.relay.smtp import RelayHandler
 
 _original_rcpt = RelayHandler.handle_RCPT
-_original_accept = RelayHandler.accept_message
+_original_finish = modifiers.Run.finish
 
 
 async def handle_RCPT(self: RelayHandler, server: Any, session: Any, envelope: Any, address: str,
@@ -25,10 +25,10 @@ async def handle_RCPT(self: RelayHandler, server: Any, session: Any, envelope: A
     return await _original_rcpt(self, server, session, envelope, address, options)
 
 
-async def accept_message(self: RelayHandler, server: Any, data: bytes) -> Any:
-    if b"explode-data" in data:
-        raise RuntimeError("deliberate bug after DATA")
-    return await _original_accept(self, server, data)
+def finish(self: modifiers.Run) -> bytes:
+    if b"explode-data" in self.message.header_block():
+        raise RuntimeError("deliberate bug after DATA (in the modifier stage)")
+    return _original_finish(self)
 
 
 class ExplodingCheck(Check):
@@ -43,7 +43,7 @@ class ExplodingCheck(Check):
 
 
 RelayHandler.handle_RCPT = handle_RCPT  # type: ignore[method-assign]
-RelayHandler.accept_message = accept_message  # type: ignore[method-assign]
+modifiers.Run.finish = finish  # type: ignore[method-assign]
 pipeline.CHECKS.insert(0, ExplodingCheck)
 
 if __name__ == "__main__":
