@@ -30,9 +30,6 @@ class TLSContext:
         ctx.use_certificate_chain_file(cert)
         ctx.use_privatekey_file(key)
         ctx.check_privatekey()
-        # An idle connection (a client in IDLE all day) gives back OpenSSL's read and write
-        # buffers (about 34 KB each) until it next reads or writes.
-        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         self._ctx = ctx
 
     def getContext(self) -> SSL.Context:

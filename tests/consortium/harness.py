@@ -283,6 +283,9 @@ class Consortium:
                     data["listeners"]["mx"]["port"] = colo.ports["mx"] = 25
                     data["box"]["role"] = "edge"
                     data["box"]["member_id"] = ""
+                    # The consortium's closed world: an edge box defaults to verifying outsiders
+                    # (docs/internet.md); this scenario keeps port 25 for members only.
+                    data["relay"]["outsiders"] = "refuse"
                     data["relay"]["upstream"] = {
                         "host": isp_a.address,
                         "port": PORTS["submission"],
