@@ -70,7 +70,7 @@ image: install deps-debian
 
 # The README's Vagrant demo really booted: libvirt set up, `vagrant up` of the four machines,
 # mail colo -> isp-a -> isp-b, `vagrant destroy -f` (tests/vagrant/). Root. NOT yet part of
-# `make test`: `vagrant up` hangs inside vagrant-libvirt 0.11.2 on this machine (issue 20, open).
+# `make test`: it has not passed end to end yet (issue 20, open; `vagrant up` is slow under TCG, not hung).
 vagrant-test: install deps-debian
 	$(BIN)/pytest tests/vagrant $(PYTEST_ARGS)
 

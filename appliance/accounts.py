@@ -11,6 +11,7 @@ are never logged nor put into an exception message.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -18,11 +19,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from appliance.addresses import AddressError, normalize_address
+from appliance.sqlite_wal import enable_wal
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
+    from appliance.config import Config
 
 log = logging.getLogger("appliance.accounts")
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
@@ -57,15 +64,40 @@ BUSY_TIMEOUT = 30.0
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Additive schema changes for files made by older versions: add each missing column.
+    """Create the tables and make the additive schema changes for files made by older versions.
 
     To add a column, append (table, column, SQL type and default) to ADDED_COLUMNS;
     never rename or drop (an older relay may still read the file during an upgrade).
+
+    Several services open the file at once on a new box (``appliance up``): checking for a column
+    and adding it in two steps let another process add it in between (``duplicate column name``).
+    So a file that lacks anything is changed in one ``BEGIN IMMEDIATE`` transaction, which re-checks
+    under the write lock; a current file is only read, so opening it never waits for a writer.
     """
-    for table, column, decl in ADDED_COLUMNS:
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if column not in have:
-            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    if _schema_current(db):
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # One statement at a time: executescript() would COMMIT the open transaction first.
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        for table, column, decl in ADDED_COLUMNS:
+            if column not in _columns(db, table):
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _schema_current(db: sqlite3.Connection) -> bool:
+    have = {table: _columns(db, table) for table in ("accounts", "identities")}
+    return all(have.values()) and all(column in have[table] for table, column, _ in ADDED_COLUMNS)
 
 
 # (table, column, declaration) added after the first release; see ``migrate``.
@@ -73,6 +105,10 @@ ADDED_COLUMNS: list[tuple[str, str, str]] = [
     # Mail quota override (RFC 9208 STORAGE in bytes, MESSAGE); NULL: the limit class's default.
     ("accounts", "quota_storage", "INTEGER"),
     ("accounts", "quota_messages", "INTEGER"),
+    # May log in to the web console as an operator (`appliance user add --admin`, docs/console.md).
+    ("accounts", "admin", "INTEGER NOT NULL DEFAULT 0"),
+    # The box holding the account's Maildir (`fleet.box` names, docs/fleet.md "Home boxes"); '': this box.
+    ("accounts", "home", "TEXT NOT NULL DEFAULT ''"),
 ]
 
 
@@ -80,11 +116,39 @@ class AccountError(Exception):
     """A refused account operation; the message is safe to show to the operator."""
 
 
+class AccountsUnavailable(Exception):
+    """The accounts database cannot answer now (shared PostgreSQL unreachable, timed out, schema
+    not migrated): a temporary failure, never "no such account" nor "wrong password"."""
+
+
+def open_accounts(cfg: Config, busy_timeout: float = BUSY_TIMEOUT) -> AccountStore | PgAccountStore:
+    """The accounts store `state.backend` names: this box's SQLite (`local`) or the fleet's PostgreSQL
+    (`shared`, appliance/accounts_pg.py). Every caller uses this, so each works with either."""
+    if cfg.state.backend == "shared":
+        from appliance.accounts_pg import PgAccountStore
+
+        return PgAccountStore.from_config(cfg)
+    return AccountStore(cfg.paths.accounts_db, busy_timeout=busy_timeout)
+
+
 @dataclass(frozen=True)
 class LimitOverride:
     per_minute: float
     burst: int
     per_day: int | None = None
+
+    def check(self) -> None:
+        """The one check of an override, for both account stores. NaN compares false with every
+        number, so `per_minute <= 0` alone would let `--per-minute nan` through."""
+        if not (math.isfinite(self.per_minute) and self.per_minute > 0) or self.burst < 1 \
+                or (self.per_day is not None and self.per_day < 0):
+            raise AccountError("limits must be positive: --per-minute > 0, --burst >= 1, --per-day >= 0")
+
+
+def check_quota(storage: int | None, messages: int | None) -> None:
+    """The one check of a quota override, for both account stores (None: the class default; 0: unlimited)."""
+    if (storage is not None and storage < 0) or (messages is not None and messages < 0):
+        raise AccountError("quota limits cannot be negative")
 
 
 @dataclass(frozen=True)
@@ -100,6 +164,8 @@ class Account:
     created: float = field(default=0.0, compare=False)
     quota_storage: int | None = None  # bytes, 0 unlimited; None: the limit class's quota_storage
     quota_messages: int | None = None  # 0 unlimited; None: the limit class's quota_messages
+    admin: bool = False  # may log in to the web console as an operator
+    home: str = ""  # the fleet box holding the Maildir (fleet.box names); "": this box / a single box
 
     def may_send_as(self, address: str) -> bool:
         a = address.lower()
@@ -127,8 +193,7 @@ class AccountStore:
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self._db.executescript(SCHEMA)  # in the opening thread, so a bad file fails here
-        migrate(self._db)
+        migrate(self._db)  # in the opening thread, so a bad file fails here
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -138,7 +203,7 @@ class AccountStore:
             # connection; each connection is used by the one thread that opened it.
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn)
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=FULL")
             with self._conns_lock:
@@ -175,7 +240,7 @@ class AccountStore:
             return None
         row = self._db.execute(
             "SELECT address, disabled, limit_class, per_minute, burst, per_day, held, held_reason, held_since, created,"
-            " quota_storage, quota_messages FROM accounts WHERE address = ?",
+            " quota_storage, quota_messages, admin, home FROM accounts WHERE address = ?",
             (addr,),
         ).fetchone()
         if row is None:
@@ -196,6 +261,8 @@ class AccountStore:
             created=row[9],
             quota_storage=row[10],
             quota_messages=row[11],
+            admin=bool(row[12]),
+            home=row[13],
         )
 
     def list(self) -> list[Account]:
@@ -243,7 +310,7 @@ class AccountStore:
 
     # --- changes -------------------------------------------------------------------
 
-    def add(self, address: str, password: str, limit_class: str = "default") -> Account:
+    def add(self, address: str, password: str, limit_class: str = "default", home: str = "") -> Account:
         addr = normalize_address(address)
         _check_password(password)
         with self._tx() as db:
@@ -251,8 +318,8 @@ class AccountStore:
                 raise AccountError(f"{addr} is already an alias of another account")
             try:
                 db.execute(
-                    "INSERT INTO accounts(address, password, limit_class, created) VALUES (?, ?, ?, ?)",
-                    (addr, _HASHER.hash(password), limit_class, time.time()),
+                    "INSERT INTO accounts(address, password, limit_class, created, home) VALUES (?, ?, ?, ?, ?)",
+                    (addr, _HASHER.hash(password), limit_class, time.time(), home),
                 )
             except sqlite3.IntegrityError:
                 raise AccountError(f"account {addr} already exists") from None
@@ -281,17 +348,23 @@ class AccountStore:
         if override is None:
             self._update(address, "per_minute = NULL, burst = NULL, per_day = NULL", ())
         else:
-            if override.per_minute <= 0 or override.burst < 1 or (override.per_day is not None and override.per_day < 0):
-                raise AccountError("limits must be positive: --per-minute > 0, --burst >= 1, --per-day >= 0")
+            override.check()
             self._update(
                 address, "per_minute = ?, burst = ?, per_day = ?", (override.per_minute, override.burst, override.per_day)
             )
 
     def set_quota(self, address: str, storage: int | None, messages: int | None) -> None:
         """Set the account's mail quota override (None: back to the limit class's default; 0: unlimited)."""
-        if (storage is not None and storage < 0) or (messages is not None and messages < 0):
-            raise AccountError("quota limits cannot be negative")
+        check_quota(storage, messages)
         self._update(address, "quota_storage = ?, quota_messages = ?", (storage, messages))
+
+    def set_admin(self, address: str, admin: bool) -> None:
+        """Grant or revoke the web console's operator role."""
+        self._update(address, "admin = ?", (int(admin),))
+
+    def set_home(self, address: str, home: str) -> None:
+        """Set the box that holds the account's Maildir (`appliance user move` flips it last)."""
+        self._update(address, "home = ?", (home,))
 
     def hold(self, address: str, reason: str) -> bool:
         """Hold the account (abuse brake). True if it was not held before."""
@@ -341,6 +414,39 @@ class AccountStore:
         if a is None:  # pragma: no cover - just inserted
             raise AccountError(f"no account {addr}")
         return a
+
+    # --- export / import (`appliance db export|import`, appliance/accounts_transfer.py) ---------
+
+    def export_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """Every account row by column name (password as its stored hash) and every identity."""
+        with self._tx() as db:  # one snapshot of both tables
+            cur = db.execute("SELECT * FROM accounts ORDER BY address")
+            names = [d[0] for d in cur.description]
+            accounts = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+            ids = [{"identity": i, "address": a}
+                   for i, a in db.execute("SELECT identity, address FROM identities ORDER BY identity")]
+        return accounts, ids
+
+    def import_rows(self, accounts: list[dict[str, Any]], identities: list[dict[str, str]]) -> None:
+        """Insert the rows in one transaction; nothing is written if one address already exists here."""
+        with self._tx() as db:
+            have = {row[1] for row in db.execute("PRAGMA table_info(accounts)")}
+            lost = sorted({c for a in accounts for c, v in a.items() if c not in have and v not in (None, False, "")})
+            if lost:  # a column this box's schema lacks, with a value in it: importing would drop it
+                raise AccountError(f"this box's accounts database has no column {', '.join(lost)}: nothing imported")
+            clash = [a["address"] for a in accounts
+                     if db.execute("SELECT 1 FROM accounts WHERE address = ?", (a["address"],)).fetchone()]
+            clash += [i["identity"] for i in identities
+                      if db.execute("SELECT 1 FROM identities WHERE identity = ?", (i["identity"],)).fetchone()]
+            if clash:
+                raise AccountError(f"{len(clash)} address(es) exist here already, nothing imported: "
+                                   + ", ".join(clash[:10]) + (" ..." if len(clash) > 10 else ""))
+            for a in accounts:
+                cols = [c for c in a if c in have]
+                db.execute(f"INSERT INTO accounts({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                           [a[c] for c in cols])
+            db.executemany("INSERT INTO identities(identity, address) VALUES (?, ?)",
+                           [(i["identity"], i["address"]) for i in identities])
 
 
 def _check_password(password: str) -> None:

@@ -1,4 +1,4 @@
-"""What the box runs: the three services, their endpoints, and whether each is built.
+"""What the box runs: the services, their endpoints, and whether each is built.
 
 This is the one place a service is declared. Supervisor's program sections,
 `appliance status` and the Salt states all read it, so a service is defined once
@@ -43,6 +43,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
         (),
         built=True,
         description="Consortium registry sync agent (python-tuf)",
+    ),
+    ServiceSpec(
+        "console",
+        "services.console",
+        ("console",),
+        built=True,
+        description="Web console: health, queue, accounts, limits, graphs; autoconfig (twisted.web)",
     ),
 )
 

@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from appliance.fleet_config import FleetBox, FleetConfig
+
 DEFAULT_CONFIG = "/etc/appliance/appliance.toml"
 CONFIG_ENV = "APPLIANCE_CONFIG"
 
@@ -175,6 +177,11 @@ class ListenersConfig(_Model):
         default_factory=lambda: Listener(host="127.0.0.1", port=9126, tls="none"),
         description="Prometheus metrics of the access service, IMAP and POP (plain HTTP; keep it on loopback).",
     )
+    console: Listener = Field(
+        default_factory=lambda: Listener(host="127.0.0.1", port=8443, tls="implicit"),
+        description="The web console (HTTPS with the box's certificate, docs/console.md): loopback by default, "
+        "reached over `ssh -L`; `tls` must be `implicit`.",
+    )
 
 
 class UpstreamConfig(_Model):
@@ -278,6 +285,32 @@ class VerifyConfig(_Model):
         return [_check_domain(d) for d in v]
 
 
+class OutboundResolverConfig(ResolverConfig):
+    """The DNSSEC-validating resolver of outbound mail: MX, TLSA (DANE needs its AD bit), MTA-STS and TLS-RPT records."""
+
+    nameservers: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Resolver addresses asked in order (default: the box's own unbound, states/appliance/unbound.sls); "
+        "empty: those in /etc/resolv.conf.",
+    )
+
+
+class OutboundConfig(_Model):
+    """Outbound TLS to the Internet (`relay.outside = "mx"`): MTA-STS, DANE, TLS-RPT (docs/internet.md)."""
+
+    dane: bool = Field(True, description="Honour DANE TLSA records (RFC 7672) of MX hosts, from `resolver`.")
+    mta_sts: bool = Field(True, description="Fetch, cache and honour MTA-STS policies (RFC 8461).")
+    resolver: OutboundResolverConfig = Field(
+        default_factory=OutboundResolverConfig,
+        description="The DNSSEC-validating resolver asked for MX, TLSA, MTA-STS and TLS-RPT records.",
+    )
+    ca_file: str = Field(
+        "", description="CA bundle for MTA-STS: the policy's HTTPS server and the MX certificates "
+        "(empty: system CAs).",
+    )
+    tlsrpt: bool = Field(True, description="Count TLS results per policy domain for TLS-RPT reports (RFC 8460).")
+
+
 class RelayConfig(_Model):
     """The SMTP relay: sizes, routing, retries."""
 
@@ -295,6 +328,8 @@ class RelayConfig(_Model):
     )
     resolver: ResolverConfig = Field(default_factory=ResolverConfig, description="DNS resolver for `verify`.")
     verify: VerifyConfig = Field(default_factory=VerifyConfig, description="Settings of `outsiders = \"verify\"`.")
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig,
+                                     description="TLS policy of `outside = \"mx\"` (MTA-STS, DANE, TLS-RPT).")
     relay_domains: list[str] = Field(
         default_factory=list,
         description="Domains this box accepts on port 25 and relays onward (e.g. sponsored edge boxes); "
@@ -465,6 +500,123 @@ class LimitsConfig(_Model):
         return v
 
 
+def _refuse_password(url: str, key: str) -> None:
+    """Passwords live in files (`*_password_file`), never in the config: it is world-readable and in pillar."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is not None or "password" in {k.lower() for k in parse_qs(parts.query)}:
+        raise ValueError(f"has a password in it: put it in state.{key}_password_file instead")
+
+
+class StateConfig(_Model):
+    """Where limiter state and accounts live: this box alone (`local`) or shared by a fleet (docs/fleet.md)."""
+
+    backend: Literal["local", "shared"] = Field(
+        "local",
+        description="`local`: SQLite and in-process memory on this box, as a single box needs; `shared`: the limiter "
+        "in Redis (`state.redis_url`) and accounts in PostgreSQL (`state.postgres_url`), shared by every box.",
+    )
+    redis_url: str = Field(
+        "", description="Redis of the shared limiter: `redis://[USER@]HOST:PORT/DB`, `rediss://...` (TLS) or "
+        "`unix:///PATH?db=N`; no password in it (see `state.redis_password_file`)."
+    )
+    redis_password_file: str = Field(
+        "", description="File holding the Redis password (mode 0600); empty: no AUTH."
+    )
+    redis_timeout: float = Field(
+        0.5, gt=0, le=10,
+        description="Seconds one Redis command or connect may take; then the decision fails and new mail gets "
+        "`451 4.3.0`, so a dead Redis never hangs a session.",
+    )
+    connection_lease: int = Field(
+        30, ge=5, le=3600,
+        description="Seconds a box's shared connection counts live unless it refreshes them (every third of it): "
+        "a box that crashed releases its slots after this long.",
+    )
+    postgres_url: str = Field(
+        "", description="PostgreSQL of the shared accounts: `postgresql://[USER@]HOST[:PORT]/DBNAME`; no password "
+        "in it (see `state.postgres_password_file`)."
+    )
+    postgres_password_file: str = Field(
+        "", description="File holding the PostgreSQL password (mode 0600); empty: none (peer or cert auth)."
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        if v:
+            if v.split("://", 1)[0] not in ("redis", "rediss", "unix") or "://" not in v:
+                raise ValueError("must start with redis://, rediss:// or unix://")
+            _refuse_password(v, "redis")
+        return v
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _postgres_url(cls, v: str) -> str:
+        if v:
+            if v.split("://", 1)[0] not in ("postgresql", "postgres") or "://" not in v:
+                raise ValueError("must start with postgresql://")
+            _refuse_password(v, "postgres")
+        return v
+
+    def password(self, which: Literal["redis", "postgres"]) -> str | None:
+        """The password read from `state.WHICH_password_file` (None: no file set); ConfigError names the key."""
+        path = self.redis_password_file if which == "redis" else self.postgres_password_file
+        if not path:
+            return None
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"key state.{which}_password_file: {path}: {exc.strerror or exc}") from None
+        if not text:
+            raise ConfigError(f"key state.{which}_password_file: {path}: file is empty")
+        return text
+
+
+class PublishConfig(_Model):
+    """What the box publishes about itself: DNS records (`appliance dns`), MTA-STS policy (docs/doctor.md)."""
+
+    mta_sts_mode: Literal["testing", "enforce", "none"] = Field(
+        "testing",
+        description="MTA-STS policy mode (RFC 8461 5): `testing` (senders report, still deliver), `enforce` "
+        "(senders refuse to deliver without valid TLS to box.hostname) or `none` (withdraws a policy).",
+    )
+    mta_sts_max_age: int = Field(
+        604_800, ge=86_400, le=31_557_600,
+        description="Seconds senders may cache the MTA-STS policy (RFC 8461 3.2: at most 31557600).",
+    )
+    addresses: list[str] = Field(
+        default_factory=list,
+        description="The box's public IP addresses (A/AAAA of box.hostname, PTR checked by `appliance doctor`); "
+        "empty: not known (records not printed, checks skipped with a warning).",
+    )
+    dmarc_policy: Literal["none", "quarantine", "reject"] = Field(
+        "quarantine", description="The p= of the DMARC record printed for each local domain (RFC 7489 6.3)."
+    )
+    report_address: str = Field(
+        "", description="Where DMARC (rua=) and TLS-RPT aggregate reports go; empty: box.postmaster."
+    )
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        out = []
+        for a in v:
+            try:
+                out.append(str(ipaddress.ip_address(a)))
+            except ValueError:
+                raise ValueError(f"{a!r} is not an IP address") from None
+        return out
+
+    @field_validator("report_address")
+    @classmethod
+    def _report(cls, v: str) -> str:
+        if v and (v.count("@") != 1 or not v.split("@")[0]):
+            raise ValueError("not an email address")
+        return v and f"{v.split('@')[0]}@{_check_domain(v.split('@')[1])}"
+
+
 class Config(_Model):
     """The whole box."""
 
@@ -477,12 +629,18 @@ class Config(_Model):
     access: AccessConfig = Field(default_factory=AccessConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     # Set by load(); not a key in the file.
     source: str = Field("", exclude=True, description="(internal) the file this was loaded from")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
+        if self.listeners.console.tls != "implicit":
+            # Passwords and session cookies (Secure) travel over it: HTTPS only.
+            raise ValueError("listeners.console.tls: must be 'implicit' (the console is served over HTTPS only)")
         if self.box.role == "edge" and self.relay.upstream is None:
             raise ValueError("relay.upstream: required when box.role is 'edge'")
         if self.box.role == "member" and not self.box.member_id:
@@ -497,6 +655,13 @@ class Config(_Model):
         for d in self.relay.relay_routes:
             if d not in self.relay.relay_domains:
                 raise ValueError(f"relay.relay_routes.{d}: not listed in relay.relay_domains")
+        if self.state.backend == "shared":
+            for key in ("redis_url", "postgres_url"):
+                if not getattr(self.state, key):
+                    raise ValueError(f"state.{key}: required when state.backend is 'shared'")
+        self.fleet.check()  # home boxes (appliance/fleet_config.py)
+        if self.fleet.boxes and self.state.backend != "shared":
+            raise ValueError("fleet.boxes: home boxes need state.backend = 'shared' (the accounts are shared)")
         return self
 
     @property
@@ -530,6 +695,8 @@ def _format_error(path: str, err: dict[str, Any]) -> str:
         return f"{path}: key {key}: required key is missing"
     value = err.get("input")
     shown = repr(value) if not isinstance(value, dict) else "(table)"
+    if "password" in msg:  # a URL with a password in it: do not repeat the secret in logs
+        shown = "(not shown)"
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return f"{path}: key {key}: value {shown}: {msg.removeprefix('Value error, ')}"
@@ -568,6 +735,7 @@ def _type_name(annotation: Any) -> str:
     return (
         text.replace("typing.", "")
         .replace("appliance.config.", "")
+        .replace("appliance.fleet_config.", "")
         .replace("__main__.", "")
         .replace("<class '", "")
         .replace("'>", "")
@@ -639,6 +807,7 @@ def reference_markdown() -> str:
             _doc_model(sub, f"{name}.", out)
     _doc_model(LimitClass, "limits.classes.NAME.", out)
     _doc_model(RelayRoute, "relay.relay_routes.DOMAIN.", out)
+    _doc_model(FleetBox, "fleet.boxes.NAME.", out)
     return "\n".join(out).rstrip() + "\n"
 
 

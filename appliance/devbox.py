@@ -17,7 +17,8 @@ import tomli_w
 from appliance import config as config_mod
 from appliance.tlsfiles import make_dkim_key, make_self_signed
 
-LISTENER_ORDER = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "metrics", "access_metrics")
+LISTENER_ORDER = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "metrics", "access_metrics",
+                  "console")
 LISTENER_TLS = {
     "mx": "starttls",
     "submission": "starttls",
@@ -28,6 +29,7 @@ LISTENER_TLS = {
     "pop3s": "implicit",
     "metrics": "none",
     "access_metrics": "none",
+    "console": "implicit",
 }
 
 
@@ -115,7 +117,7 @@ def init_dev(
         "tls": {"cert": str(cert), "key": str(key), "source": "self-signed"},
         "dkim": {"selector": "mail", "key": str(dkim_key)},
         "listeners": {
-            name: {"host": "127.0.0.1" if name in ("metrics", "access_metrics") else host, "port": port, "tls": LISTENER_TLS[name]}
+            name: {"host": "127.0.0.1" if name in ("metrics", "access_metrics", "console") else host, "port": port, "tls": LISTENER_TLS[name]}
             for name, port in ports.items()
         },
         # --internet: port 25 also takes mail from outside the consortium, verified (docs/internet.md).

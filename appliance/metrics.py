@@ -17,7 +17,7 @@ VERDICTS = Counter(
     ["listener", "stage", "origin", "code"],
 )
 TLS_FAILURES = Counter("relay_tls_handshake_failures_total", "STARTTLS handshakes that failed (connection closed)")
-AUTH = Counter("relay_auth_total", "SMTP AUTH attempts by result (ok, failed, refused by a limit)", ["result"])
+AUTH = Counter("relay_auth_total", "SMTP AUTH attempts by result (ok, failed, refused by a limit, unavailable: accounts database down)", ["result"])
 MESSAGES = Counter("relay_messages_accepted_total", "Messages stored in the spool, by listener", ["listener"])
 RECIPIENTS = Counter("relay_recipients_accepted_total", "Recipients of stored messages, by listener", ["listener"])
 BYTES = Counter("relay_message_bytes_total", "Bytes of stored messages (after header changes), by listener", ["listener"])
@@ -31,6 +31,15 @@ INTERNAL_ERRORS = Counter("relay_internal_errors_total", "Unexpected exceptions 
 REGISTRY_RELOADS = Counter("relay_registry_reloads_total", "Registry snapshot reloads by result (ok, failed)", ["result"])
 REGISTRY_MEMBERS = Gauge("relay_registry_members", "Members in the current registry snapshot")
 REGISTRY_EXPIRED = Gauge("relay_registry_expired", "1 when the sync agent reports the registry expired")
+# Per recipient, where the delivery manager settles an attempt (appliance/delivery/manager.py).
+DELIVERIES = Counter(
+    "relay_deliveries_total",
+    "Recipients whose delivery attempt settled, by outcome: delivered, deferred (the attempt failed and will be "
+    "retried) or bounced (permanent failure or lifetime exceeded; a DSN is generated unless the sender is null)",
+    ["outcome"],
+)
+for _outcome in ("delivered", "deferred", "bounced"):
+    DELIVERIES.labels(_outcome)  # exported as 0 from the start: the console's store takes its baseline early
 INBOUND_AUTH = Counter(
     "relay_inbound_auth_total",
     "Results of the checks on mail from outside the consortium (relay.outsiders = verify), by check "

@@ -8,15 +8,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import supervision, watchdog
-from appliance.accounts import AccountStore
+from appliance.accounts import AccountStore, AccountsUnavailable, open_accounts
 from appliance.catalog import SERVICES, endpoints
 from appliance.config import Config
 from appliance.inbound_status import inbound_status
 from appliance.inbound_status import render as render_inbound
 from appliance.tlsfiles import cert_expiry
+from appliance.tlspolicy.status import outbound_status
+from appliance.tlspolicy.status import render as render_outbound
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
 
 STATUS_SCHEMA_VERSION = 1
 
@@ -129,7 +134,8 @@ def watchdog_status(cfg: Config, info: dict[str, dict[str, Any]] | None) -> dict
 def services_ok(st: dict[str, Any]) -> bool:
     """True when every built service runs and none needs attention (`appliance status` exit 0)."""
     return (st["supervisor"] == "running" and not any(s["alarm"] for s in st["services"])
-            and not st["watchdog"]["alarm"])
+            and not st["watchdog"]["alarm"] and not (st.get("accounts") or {}).get("alarm")
+            and not (st.get("limiter") or {}).get("alarm"))
 
 
 def collect(cfg: Config) -> dict[str, Any]:
@@ -137,13 +143,23 @@ def collect(cfg: Config) -> dict[str, Any]:
     sup, services = service_status(cfg, info)
     held: list[dict[str, Any]] = []
     quota: dict[str, Any] = {"accounts_with_quota": 0, "near_full": []}
-    if cfg.paths.accounts_db.exists():
-        store = AccountStore(cfg.paths.accounts_db)
+    # The accounts store of state.backend; the shared one is asked now, so its alarm is the present truth.
+    accounts: dict[str, Any] = {"backend": cfg.state.backend, "alarm": None}
+    if cfg.state.backend == "shared" or cfg.paths.accounts_db.exists():
+        store = open_accounts(cfg)
         try:
             held = [{"address": a.address, "reason": a.held_reason, "since": a.held_since} for a in store.held()]
             quota = quota_status(cfg, store)
+        except AccountsUnavailable as exc:
+            accounts["alarm"] = str(exc)
         finally:
             store.close()
+    # The limiter's state: with `shared`, Redis is asked now (a PING within state.redis_timeout).
+    limiter: dict[str, Any] = {"backend": cfg.state.backend, "alarm": None}
+    if cfg.state.backend == "shared":
+        from appliance.ratelimit.shared import probe
+
+        limiter["alarm"] = probe(cfg)
     return {
         "schema": STATUS_SCHEMA_VERSION,
         "config": cfg.source,
@@ -163,13 +179,16 @@ def collect(cfg: Config) -> dict[str, Any]:
         "queue": queue_status(cfg),
         "registry": registry_status(cfg),
         "tls": tls_status(cfg),
+        "accounts": accounts,
+        "limiter": limiter,
         "held_accounts": held,
         "mail_quota": quota,
         "inbound": inbound_status(cfg),
+        "outbound": outbound_status(cfg),
     }
 
 
-def quota_status(cfg: Config, store: AccountStore) -> dict[str, Any]:
+def quota_status(cfg: Config, store: AccountStore | PgAccountStore) -> dict[str, Any]:
     """Accounts with a mail quota, and those at or over 90 % of it (RFC 9208 STORAGE/MESSAGE)."""
     from appliance.mailstore import maildir_path
     from appliance.mailstore.quota import WARN_AT, limits_for, share, usage
@@ -213,6 +232,12 @@ def render_text(st: dict[str, Any]) -> str:
     )
     t = st["tls"]
     lines.append(f"tls: {t['source']} certificate, expires {t['expires']} ({t['days_left']} days)")
+    acc = st.get("accounts") or {"backend": "local", "alarm": None}
+    lines.append("accounts: " + ("shared (PostgreSQL, state.postgres_url)" if acc["backend"] == "shared"
+                                 else "local (SQLite)") + (f"  ALARM: {acc['alarm']}" if acc["alarm"] else ""))
+    lim = st.get("limiter") or {"backend": "local", "alarm": None}
+    lines.append("limiter: " + ("shared (Redis, state.redis_url)" if lim["backend"] == "shared"
+                                else "local (in-process, SQLite)") + (f"  ALARM: {lim['alarm']}" if lim["alarm"] else ""))
     mq = st.get("mail_quota") or {"accounts_with_quota": 0, "near_full": []}
     lines.append(f"mail quota: {mq['accounts_with_quota']} account(s) with a quota, "
                  f"{len(mq['near_full'])} at or over 90 %")
@@ -221,6 +246,8 @@ def render_text(st: dict[str, Any]) -> str:
                      f"{n['used_messages']}/{n['messages'] or '-'} messages)")
     if "inbound" in st:
         lines += render_inbound(st["inbound"])
+    if "outbound" in st:
+        lines += render_outbound(st["outbound"])
     if st["held_accounts"]:
         lines.append("held accounts (abuse brake; `appliance user release ADDRESS`):")
         for h in st["held_accounts"]:

@@ -197,23 +197,42 @@ def start(cfg: Config, config_file: str, foreground: bool) -> int:
     return wait_started(cfg)
 
 
-def wait_started(cfg: Config, timeout: float = 30.0) -> int:
+def wait_started(cfg: Config, timeout: float = 60.0) -> int:
+    """Wait until every built service is RUNNING.
+
+    BACKOFF is waited through, because supervisor retries it (a service that lost a start-up race,
+    e.g. for a file another service was creating, runs at its next try). FATAL or EXITED fails at
+    once, and so does a service not RUNNING after TIMEOUT s; the error names each one with the end
+    of its log, so a failure explains itself (in CI too) instead of pointing at a file.
+    """
     deadline = time.monotonic() + timeout
     wanted = {s.name for s in built_services()}
+    states: dict[str, str] = {}
     while time.monotonic() < deadline:
         info = process_info(cfg)
         if info is not None:
             states = {n: info[n]["statename"] for n in wanted if n in info}
-            if all(s in ("RUNNING", "FATAL", "BACKOFF", "EXITED") for s in states.values()) and len(states) == len(wanted):
-                bad = {n: s for n, s in states.items() if s != "RUNNING"}
-                if bad:
-                    raise SupervisionError(
-                        "services failed to start: "
-                        + ", ".join(f"{n} {s} (see {cfg.paths.log_dir}/{n}.log)" for n, s in sorted(bad.items()))
-                    )
+            dead = {n: s for n, s in states.items() if s in ("FATAL", "EXITED")}
+            if dead:
+                raise SupervisionError(_failed("services failed to start", cfg, dead))
+            if len(states) == len(wanted) and all(s == "RUNNING" for s in states.values()):
                 return 0
         time.sleep(0.2)
-    raise SupervisionError(f"services not running after {timeout:.0f}s (see {cfg.paths.log_dir}/)")
+    slow = {n: states.get(n, "not started") for n in wanted if states.get(n) != "RUNNING"}
+    raise SupervisionError(_failed(f"services not running after {timeout:.0f}s", cfg, slow))
+
+
+def _failed(what: str, cfg: Config, bad: dict[str, str], lines: int = 8) -> str:
+    parts = [what + ":"]
+    for name, state in sorted(bad.items()):
+        log_file = Path(cfg.paths.log_dir) / f"{name}.log"
+        parts.append(f"  {name} {state} (see {log_file})")
+        try:
+            tail = log_file.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            tail = []
+        parts.extend(f"    | {line}" for line in tail)
+    return "\n".join(parts)
 
 
 def stop(cfg: Config, timeout: float = 60.0) -> bool:

@@ -14,6 +14,12 @@ if ! $APP -c "$CFG" user list | grep -q "^demo@$DOMAIN "; then
   $APP -c "$CFG" user add "demo@$DOMAIN" --generate
   echo "   login: demo@$DOMAIN"
 fi
+if ! $APP -c "$CFG" user list | grep -q "^admin@$DOMAIN "; then
+  echo "== creating the console's admin (the password is shown only now)"
+  $APP -c "$CFG" user add "admin@$DOMAIN" --admin --generate
+fi
+CONSOLE=$(.venv/bin/python -c "import sys; from appliance.config import load; l = load(sys.argv[1]).listeners.console; print(f'https://{l.host}:{l.port}/' if l.enabled else 'disabled (listeners.console)')" "$CFG")
+echo "== web console: $CONSOLE  admin login: admin@$DOMAIN (docs/console.md)"
 $APP -c "$CFG" down >/dev/null 2>&1 || true
 echo "== starting (Ctrl-C stops everything)"
 exec $APP -c "$CFG" up --foreground

@@ -74,6 +74,9 @@ PEERS: list[Peer] = [
     # DNS: the authoritative server of tests/internet (SPF, DKIM, DMARC, ARC and DNSBL test zones)
     P("knot", "knot", "knotd --version", r"Knot DNS\), version 3\.", "Knot DNS authoritative server"),
     P("knotc", "knot", "knotc --version", r"Knot DNS\), version 3\.", "knotc (zone and config checks)"),
+    P("keymgr", "knot", "keymgr --version", r"Knot DNS\), version 3\.", "keymgr (DS of the signed test zone)"),
+    # DNS: the validating resolver of tests/internet/test_outbound_* (DANE needs the AD bit)
+    P("unbound", "unbound", "unbound -V", r"^Version 1\.", "unbound validating resolver"),
     # IMAP / POP
     P("dovecot", "dovecot-core", "dovecot --version", r"^2\.3\.", "Dovecot 2.3"),
     P("dovecot", "dovecot-imapd", "test -x /usr/lib/dovecot/imap", r"", "Dovecot's imap server"),
@@ -90,12 +93,28 @@ PEERS: list[Peer] = [
     # ACME
     P("pebble", "pebble", "pebble -h", r"-config", "pebble", rc=None),
     P("pebble-challtestsrv", "pebble", "pebble-challtestsrv -h", r"-dns01", "pebble-challtestsrv", rc=None),
+    # The fleet's shared limiter (tests/fleet, docs/fleet.md): Debian 12 ships Redis 7.0 (Lua scripts, EVALSHA)
+    P("redis-server", "redis-server", "redis-server --version", r"Redis server v=7\.", "Redis 7 server"),
+    P("redis-cli", "redis-tools", "redis-cli --version", r"redis-cli 7\.", "redis-cli"),
+    # The fleet's shared accounts (tests/fleet/test_pg_*, docs/fleet.md): PostgreSQL 15, started by the tests
+    # with initdb + pg_ctl in a temp dir (the package's own cluster is not used).
+    P("postgres", "postgresql-15", "/usr/lib/postgresql/15/bin/postgres --version", r"PostgreSQL\) 15\.",
+      "PostgreSQL 15 server (initdb, pg_ctl)"),
+    P("psql", "postgresql-client-15", "/usr/lib/postgresql/15/bin/psql --version", r"PostgreSQL\) 15\.",
+      "psql 15"),
     P("certbot", "certbot", "certbot --version", r"certbot 2\.", "certbot 2"),
+    # The web console's browser tests (tests/console/): Debian's chromium driven by selenium through
+    # chromium-driver; fonts so screenshots render text (nothing may download a browser of its own).
+    P("chromium", "chromium", "chromium --version", r"Chromium \d+", "Chromium browser"),
+    P("chromedriver", "chromium-driver", "chromedriver --version", r"ChromeDriver \d+", "chromium's WebDriver"),
+    P("fonts", "fonts-dejavu-core", "test -s /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", r"",
+      "a font for screenshots"),
     # Several hosts on one machine
     P("ip", "iproute2", "ip netns list", r"", "ip netns"),
     P("ss", "iproute2", "ss -V", r"iproute2", "ss"),
     P("nft", "nftables", "nft --version", r"nftables v1\.", "nftables"),
     P("nsenter", "util-linux", "nsenter --version", r"util-linux", "nsenter"),
+    P("unshare", "util-linux", "unshare --version", r"util-linux", "unshare (a private mount namespace)"),
     # Salt, chroots, images
     P("debootstrap", "debootstrap", "debootstrap --version", r"debootstrap 1\.0", "debootstrap"),
     P("debootstrap", "debian-archive-keyring", "test -s /usr/share/keyrings/debian-archive-keyring.gpg", r"",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import sqlite3
 from pathlib import Path
 
@@ -23,6 +25,49 @@ def test_add_authenticate_and_hash(tmp_path: Path) -> None:
     assert stored.startswith("$argon2id$") and PW not in stored
     mode = sqlite3.connect(tmp_path / "a.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def _open_at_once(path: str, barrier: multiprocessing.synchronize.Barrier) -> None:
+    barrier.wait(30)
+    AccountStore(path).get("nobody@example.test")  # opening it is what failed: schema and WAL switch
+
+
+def _open_all_at_once(path: Path, n: int = 6) -> list[int]:
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, like each supervised service
+    barrier = ctx.Barrier(n)
+    procs = [ctx.Process(target=_open_at_once, args=(str(path), barrier)) for _ in range(n)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(90)
+    return [proc.exitcode for proc in procs]
+
+
+def test_services_opening_a_new_accounts_file_at_once_all_start(tmp_path: Path) -> None:
+    """On a new box the relay, the access service and the console all create the file during `appliance
+    up`; before the fix one lost with `duplicate column name` or `database is locked` and went BACKOFF."""
+    for attempt in range(3):
+        path = tmp_path / f"new-{attempt}" / "accounts.sqlite3"
+        assert _open_all_at_once(path) == [0] * 6
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(accounts)")}
+        assert {"quota_storage", "admin", "home"} <= columns
+
+
+def test_an_old_accounts_file_is_migrated_once_by_racing_openers(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript("""CREATE TABLE accounts (address TEXT PRIMARY KEY, password TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0, limit_class TEXT NOT NULL DEFAULT 'default', per_minute REAL,
+        burst INTEGER, per_day INTEGER, held INTEGER NOT NULL DEFAULT 0, held_reason TEXT NOT NULL DEFAULT '',
+        held_since REAL, created REAL NOT NULL);
+        CREATE TABLE identities (identity TEXT PRIMARY KEY, address TEXT NOT NULL);
+        INSERT INTO accounts (address, password, created) VALUES ('old@example.test', 'x', 0);""")
+    old.close()
+    assert _open_all_at_once(path) == [0] * 6
+    store = AccountStore(path)
+    account = store.get("old@example.test")
+    assert account is not None and account.home == "" and not account.admin
 
 
 def test_identities_and_disable(tmp_path: Path) -> None:
@@ -62,6 +107,10 @@ def test_cli_user_lifecycle_never_shows_password(box: Box) -> None:
     other = box.cli("user", "add", "eve@elsewhere.test", "--password-stdin", input=PW + "\n", check=False)
     assert other.returncode == 1 and "not one of this box's domains" in other.stderr
     box.cli("user", "limits", "bob@example.test", "--per-minute", "5", "--burst", "2", "--per-day", "50")
+    assert '"per_minute": 5.0' in box.cli("user", "list", "--json").stdout
+    for bad in ("nan", "inf", "0"):  # NaN compares false with everything: it once got through
+        r = box.cli("user", "limits", "bob@example.test", "--per-minute", bad, "--burst", "2", check=False)
+        assert r.returncode == 1 and "limits must be positive" in r.stderr, (bad, r.stderr)
     assert '"per_minute": 5.0' in box.cli("user", "list", "--json").stdout
     box.cli("user", "del", "bob@example.test")
     assert "bob@example.test" not in box.cli("user", "list").stdout

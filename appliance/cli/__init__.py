@@ -14,12 +14,13 @@ import sys
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
 
 # Command-group modules, in the order `appliance --help` lists them.
-GROUPS = ("devbox", "run", "status", "user", "queue", "registry", "practice", "configcmd")
+GROUPS = ("devbox", "run", "status", "user", "db", "queue", "registry", "practice", "configcmd", "dns", "doctor", "tlsrpt", "fleet")
 # The group that registers each command. A call imports only its command's group (so `appliance
 # user add` does not load python-tuf, nor `appliance status` the spool and delivery code); `--help`,
 # a typo or a command missing here imports every group (argparse needs them all to list or refuse).
-COMMANDS = {"init": "devbox", "up": "run", "down": "run", "status": "status", "user": "user",
-            "queue": "queue", "registry": "registry", "practice": "practice", "config": "configcmd"}
+COMMANDS = {"init": "devbox", "up": "run", "down": "run", "status": "status", "user": "user", "db": "db",
+            "queue": "queue", "registry": "registry", "practice": "practice", "config": "configcmd",
+            "dns": "dns", "doctor": "doctor", "tlsrpt": "tlsrpt", "fleet": "fleet"}
 
 
 class CommandError(Exception):

@@ -1,4 +1,4 @@
-"""`appliance queue list | show ID | retry ID | delete ID | flush`.
+"""`appliance queue list | show ID | retry ID | delete ID | flush | hold ID | release ID`.
 
 How requests reach a running relay: the relay's delivery manager holds an
 flock on SPOOL/relay.lock. When it is held, `retry`, `delete` and `flush` drop a
@@ -6,6 +6,10 @@ request file into SPOOL/control/, which the relay polls every 0.5 s, and wait
 until it has been taken. When no relay runs, `delete` removes the message
 directly and `retry`/`flush` record "due now" in the message's log, so the
 relay delivers it as soon as it starts.
+
+`hold` and `release` are written to the message's outcome log first (fsynced: a hold survives a
+relay restart or a crash, as the log is read at start-up), then the running relay is told, so that it
+stops scheduling the message (an attempt already running finishes) or attempts it now.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli import CommandError, config_from
-from appliance.delivery.manager import entry_from
+from appliance.delivery.manager import Entry, entry_from
 from appliance.spool.format import SpoolFormatError
 from appliance.spool.spool import QUEUE_ID, Spool
 
@@ -43,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dp.set_defaults(func=cmd_delete)
     fp = qs.add_parser("flush", help="attempt delivery of every queued message now")
     fp.set_defaults(func=cmd_flush)
+    hp = qs.add_parser("hold", help="keep one message queued without attempting it, until released")
+    hp.add_argument("id")
+    hp.set_defaults(func=cmd_hold)
+    rl = qs.add_parser("release", help="release a held message: attempt it now")
+    rl.add_argument("id")
+    rl.set_defaults(func=cmd_release)
 
 
 def _spool(args: argparse.Namespace) -> Spool:
@@ -54,7 +64,8 @@ def _ts(t: float) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ") if t else "now"
 
 
-def _describe(spool: Spool, qid: str) -> dict[str, Any]:
+def describe(spool: Spool, qid: str) -> dict[str, Any]:
+    """One queued message as `queue show --json` prints it (also the web console's queue page)."""
     path = spool.path(qid)
     try:
         msg = spool.load(qid, with_data=True)
@@ -76,7 +87,8 @@ def _describe(spool: Spool, qid: str) -> dict[str, Any]:
             for r in msg.recipients
         ],
         "attempts": e.attempts,
-        "next_attempt": _ts(e.next),
+        "next_attempt": "held" if e.held else _ts(e.next),
+        "held": e.held,
         "meta": msg.meta,
         "headers": msg.data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("utf-8", "replace"),
     }
@@ -87,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = []
     for qid in spool.ids():
         try:
-            d = _describe(spool, qid)
+            d = describe(spool, qid)
         except CommandError:
             continue  # delivered or quarantined while we looked
         rows.append(d)
@@ -100,7 +112,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for d in rows:
         pending = [r["address"] for r in d["recipients"] if r["state"] == "pending"]
         print(f"{d['id']}  {d['arrival']}  {d['size']:>9}  <{d['sender']}>  attempts {d['attempts']}, "
-              f"next {d['next_attempt']}")
+              + ("held" if d["held"] else f"next {d['next_attempt']}"))
         for r in pending:
             print(f"    -> {r}")
     print(f"{len(rows)} message(s)")
@@ -108,12 +120,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    d = _describe(_spool(args), _check_id(args.id))
+    d = describe(_spool(args), _check_id(args.id))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
     print(f"id:        {d['id']}\narrival:   {d['arrival']}\nsize:      {d['size']}\nsender:    <{d['sender']}>")
-    print(f"attempts:  {d['attempts']} (next {d['next_attempt']})")
+    print(f"attempts:  {d['attempts']} ({'held' if d['held'] else 'next ' + d['next_attempt']})")
     for r in d["recipients"]:
         print(f"recipient: {r['address']}  {r['state']}  {r['detail']}")
     print("\n" + d["headers"])
@@ -143,26 +155,39 @@ def _ask_relay(spool: Spool, action: str, qid: str = "") -> None:
         time.sleep(0.1)
 
 
-def _mark_due(spool: Spool, qid: str) -> None:
+def _entry(spool: Spool, qid: str) -> Entry:
+    """The message's state as the delivery manager reads it at start-up (envelope and outcome log)."""
     try:
         msg = spool.load(qid, with_data=False)
     except FileNotFoundError:
         raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}") from None
     except SpoolFormatError as exc:
         raise CommandError(f"queue id {qid}: corrupt queue file ({exc})") from None
-    e = entry_from(msg, spool.read_log(qid))
+    return entry_from(msg, spool.read_log(qid))
+
+
+def _mark_due(spool: Spool, qid: str) -> bool:
+    e = _entry(spool, qid)
+    if e.held:
+        return False  # flush leaves held messages alone
     spool.append_log(qid, [{"e": "deferred", "attempts": e.attempts, "next": 0}])
+    return True
+
+
+def retry_message(spool: Spool, qid: str) -> str:
+    """Retry one message now (this command and the web console); the line to show. CommandError if not queued."""
+    qid = _queued_id(spool, qid)
+    if _entry(spool, qid).held:
+        raise CommandError(f"queue id {qid}: held; release it to attempt it (`appliance queue release {qid}`)")
+    if spool.relay_running():
+        _ask_relay(spool, "retry", qid)
+        return f"{qid}: delivery attempt started"
+    _mark_due(spool, qid)
+    return f"{qid}: relay not running; will be attempted as soon as it starts"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    spool = _spool(args)
-    qid = _queued_id(spool, args.id)
-    if spool.relay_running():
-        _ask_relay(spool, "retry", qid)
-        print(f"{qid}: delivery attempt started")
-    else:
-        _mark_due(spool, qid)
-        print(f"{qid}: relay not running; will be attempted as soon as it starts")
+    print(retry_message(_spool(args), args.id))
     return 0
 
 
@@ -175,20 +200,57 @@ def cmd_flush(args: argparse.Namespace) -> int:
         marked = 0
         for qid in spool.ids():
             try:
-                _mark_due(spool, qid)
-                marked += 1
+                marked += _mark_due(spool, qid)
             except CommandError as exc:  # gone meanwhile, or corrupt: start-up recovery quarantines it
                 print(f"skipped {exc}")
         print(f"relay not running; {marked} message(s) will be attempted as soon as it starts")
     return 0
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    spool = _spool(args)
-    qid = _queued_id(spool, args.id)
+def delete_message(spool: Spool, qid: str) -> str:
+    """Delete one message (this command and the web console); the line to show. CommandError if not queued."""
+    qid = _queued_id(spool, qid)
     if spool.relay_running():
         _ask_relay(spool, "delete", qid)
     else:
         spool.delete(qid)
-    print(f"{qid}: deleted")
+    return f"{qid}: deleted"
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    print(delete_message(_spool(args), args.id))
+    return 0
+
+
+def hold_message(spool: Spool, qid: str, by: str = "") -> str:
+    """Hold one message (this command and the web console); the line to show. CommandError if not queued."""
+    qid = _queued_id(spool, qid)
+    if _entry(spool, qid).held:
+        return f"{qid}: already held"
+    # On disk first: from here on no start of the relay attempts it, whatever happens next.
+    spool.append_log(qid, [{"e": "hold", "at": time.time(), **({"by": by} if by else {})}])
+    if spool.relay_running():
+        _ask_relay(spool, "hold", qid)
+    return f"{qid}: held (not attempted until released)"
+
+
+def release_message(spool: Spool, qid: str, by: str = "") -> str:
+    """Release a held message (this command and the web console); the line to show."""
+    qid = _queued_id(spool, qid)
+    if not _entry(spool, qid).held:
+        raise CommandError(f"queue id {qid}: not held")
+    spool.append_log(qid, [{"e": "release", "at": time.time(), **({"by": by} if by else {})}])
+    if spool.relay_running():
+        _ask_relay(spool, "release", qid)
+        return f"{qid}: released; delivery attempt started"
+    return f"{qid}: released; relay not running, will be attempted as soon as it starts"
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    print(hold_message(_spool(args), args.id))
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    print(release_message(_spool(args), args.id))
     return 0

@@ -1,4 +1,4 @@
-"""`appliance user add|del|passwd|list|alias|limits|quota|release|disable|enable`.
+"""`appliance user add|del|passwd|list|show|move|home|alias|limits|quota|release|disable|enable`.
 
 Passwords are read from stdin (``--password-stdin``) or prompted for without
 echo; never taken from the command line, never printed, never logged.
@@ -12,8 +12,9 @@ import json
 import secrets
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from appliance.accounts import Account, AccountError, AccountStore, LimitOverride
+from appliance.accounts import Account, AccountError, AccountStore, AccountsUnavailable, LimitOverride, open_accounts
 from appliance.addresses import AddressError, domain_of, normalize_address
 from appliance.cli import CommandError, config_from
 from appliance.config import Config
@@ -21,6 +22,10 @@ from appliance.mailstore import account_maildir, check_name, maildir_path
 from appliance.mailstore.names import dir_name
 from appliance.mailstore.paths import overlapping
 from appliance.mailstore.quota import QuotaLimits, format_size, limits_for, parse_size, usage
+from appliance.ratelimit.decisions import StateUnavailable
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     g.add_argument("--generate", action="store_true", help="generate a password and print it once")
     a.add_argument("--class", dest="limit_class", default="default", help="limit class (default: default)")
+    a.add_argument("--admin", action="store_true", help="may also log in to the web console as an operator")
+    a.add_argument("--home", default="", metavar="BOX",
+                   help="the fleet box (fleet.box / fleet.boxes name) that holds the Maildir; default: this box")
     a.set_defaults(func=cmd_add)
 
     d = s.add_parser("del", help="delete an account (its Maildir is kept)")
@@ -47,6 +55,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ls = s.add_parser("list", help="list accounts")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+
+    sh = s.add_parser("show", help="one account: class, home box, flags, aliases")
+    sh.add_argument("address")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    mv = s.add_parser("move", help="copy an account's Maildir to another fleet box (UIDs kept), then make it home")
+    mv.add_argument("address")
+    mv.add_argument("box", help="the target box's name (fleet.boxes)")
+    mv.add_argument("--target-mail-dir", required=True, metavar="DIR",
+                    help="the target box's paths.mail_dir as mounted here (see docs/fleet.md for rsync)")
+    mv.set_defaults(func=cmd_move)
+
+    hm = s.add_parser("home", help="record which fleet box already holds an account's Maildir (no copy)")
+    hm.add_argument("address")
+    hm.add_argument("box", help="a box of this fleet (fleet.box or fleet.boxes)")
+    hm.set_defaults(func=cmd_home)
 
     al = s.add_parser("alias", help="identities an account may send as")
     als = al.add_subparsers(dest="alias_command", metavar="ACTION", required=True)
@@ -81,9 +106,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rel.set_defaults(func=cmd_release)
 
 
-def _store(args: argparse.Namespace) -> tuple[AccountStore, Config]:
+def _store(args: argparse.Namespace) -> tuple[AccountStore | PgAccountStore, Config]:
+    """The store of `state.backend`: this box's SQLite or the fleet's PostgreSQL (the same commands on both)."""
     cfg = config_from(args)
-    return AccountStore(cfg.paths.accounts_db), cfg
+    return open_accounts(cfg), cfg
 
 
 def _check_limit_class(cfg: Config, limit_class: str) -> None:
@@ -110,7 +136,7 @@ def _guard(fn):  # type: ignore[no-untyped-def]
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return int(fn(args) or 0)
-        except (AccountError, AddressError) as exc:
+        except (AccountError, AccountsUnavailable, AddressError, StateUnavailable) as exc:
             raise CommandError(str(exc)) from None
 
     return wrapped
@@ -126,13 +152,27 @@ def cmd_add(args: argparse.Namespace) -> int:
     clash = overlapping(cfg.paths.mail_dir, [*(a.address for a in store.list() if a.address != new), new])
     if clash:  # defence in depth: maildir_path's escaping makes this impossible (issue 21)
         raise CommandError(f"{args.address}: its Maildir would overlap that of {clash[0]}")
+    # In a fleet an account is always at home somewhere: by default on the box the command runs on.
+    home = _check_home(cfg, args.home) or cfg.fleet.box
     pw = secrets.token_urlsafe(12) if args.generate else _read_password(args)
-    acct = store.add(args.address, pw, args.limit_class)
-    _make_maildir(cfg, acct.address)
-    print(f"added {acct.address}")
+    acct = store.add(args.address, pw, args.limit_class, home=home)
+    if args.admin:
+        store.set_admin(acct.address, True)
+    if not cfg.fleet.home_of(home):
+        _make_maildir(cfg, acct.address)  # the home box makes the Maildir; another box's is made there
+    print(f"added {acct.address}" + (" (console admin)" if args.admin else "")
+          + (f" (home {home})" if home else ""))
     if args.generate:
         print(f"password: {pw}")
     return 0
+
+
+def _check_home(cfg: Config, home: str) -> str:
+    """--home BOX: a box of this box's `[fleet]` config (its own name or one of fleet.boxes)."""
+    if home and not cfg.fleet.is_known(home):
+        known = ", ".join(sorted({cfg.fleet.box, *cfg.fleet.boxes} - {""})) or "none: no [fleet] in the config"
+        raise CommandError(f"--home {home}: not a box of this fleet (fleet.box and fleet.boxes: {known})")
+    return home
 
 
 def _make_maildir(cfg: Config, address: str) -> None:
@@ -182,22 +222,93 @@ def cmd_list(args: argparse.Namespace) -> int:
         for a in accounts:
             limits, used = _quota_of(cfg, a)
             out.append({"address": a.address, "identities": list(a.identities), "disabled": a.disabled,
-                        "limit_class": a.limit_class, "held": a.held,
+                        "limit_class": a.limit_class, "held": a.held, "admin": a.admin, "home": a.home,
                         "override": None if a.override is None else vars(a.override),
                         "quota": {"storage": limits.storage, "messages": limits.messages,
                                   "used_bytes": used[0], "used_messages": used[1]}})
         print(json.dumps(out, indent=2))
         return 0
     for a in accounts:
-        flags = [f"class={a.limit_class}", f"quota={quota_text(*_quota_of(cfg, a))}"]
+        elsewhere = cfg.fleet.home_of(a.home)  # its Maildir (and usage) is on another box
+        flags = [f"class={a.limit_class}", f"quota=(on {a.home})" if elsewhere else f"quota={quota_text(*_quota_of(cfg, a))}"]
+        if a.home:
+            flags.append(f"home={a.home}")
         if a.override:
             flags.append(f"override={a.override.per_minute}/min burst {a.override.burst} day {a.override.per_day}")
+        if a.admin:
+            flags.append("ADMIN")
         if a.disabled:
             flags.append("DISABLED")
         if a.held:
             flags.append(f"HELD ({a.held_reason})")
         ids = f" aliases: {', '.join(a.identities)}" if a.identities else ""
         print(f"{a.address}  {' '.join(flags)}{ids}")
+    return 0
+
+
+@_guard
+def cmd_show(args: argparse.Namespace) -> int:
+    store, cfg = _store(args)
+    a = store.get(args.address)
+    if a is None:
+        raise CommandError(f"no account {args.address}")
+    here = not cfg.fleet.home_of(a.home)
+    info = {"address": a.address, "home": a.home, "home_is_this_box": here, "limit_class": a.limit_class,
+            "identities": list(a.identities), "disabled": a.disabled, "held": a.held, "held_reason": a.held_reason,
+            "admin": a.admin, "override": None if a.override is None else vars(a.override)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"account {a.address}")
+    print(f"  home: {a.home or '(this box)'}" + (" (this box)" if a.home and here else ""))
+    print(f"  class: {a.limit_class}" + (f", override {vars(a.override)}" if a.override else ""))
+    if here:
+        print(f"  quota: {quota_text(*_quota_of(cfg, a))}")
+    flags = [f for f, on in (("DISABLED", a.disabled), ("ADMIN", a.admin), (f"HELD ({a.held_reason})", a.held)) if on]
+    print(f"  flags: {' '.join(flags) or 'none'}")
+    print(f"  aliases: {', '.join(a.identities) or 'none'}")
+    return 0
+
+
+@_guard
+def cmd_home(args: argparse.Namespace) -> int:
+    """For accounts made before home boxes (empty home): say where the Maildir is. Copies nothing."""
+    store, cfg = _store(args)
+    if not args.box or not cfg.fleet.is_known(args.box):
+        raise CommandError(f"{args.box!r}: not a box of this fleet (fleet.box and fleet.boxes)")
+    if store.get(args.address) is None:
+        raise CommandError(f"no account {args.address}")
+    store.set_home(args.address, args.box)
+    print(f"home of {normalize_address(args.address)} is now {args.box} (nothing copied: use `user move` to move mail)")
+    return 0
+
+
+@_guard
+def cmd_move(args: argparse.Namespace) -> int:
+    """Copy the Maildir (index by SQLite backup: UIDVALIDITY and UIDs kept), flip `home`, catch up."""
+    from appliance.homemove import MoveError, catch_up, copy_maildir
+
+    store, cfg = _store(args)
+    a = store.get(args.address)
+    if a is None:
+        raise CommandError(f"no account {args.address}")
+    if not cfg.fleet.box or args.box not in cfg.fleet.boxes or args.box == cfg.fleet.box:
+        raise CommandError(f"{args.box}: not another box of this fleet (fleet.boxes)")
+    if cfg.fleet.home_of(a.home):
+        raise CommandError(f"{a.address}: its home is {a.home}, not this box ({cfg.fleet.box}): run the move there")
+    src = maildir_path(cfg.paths.mail_dir, a.address)
+    dst = maildir_path(args.target_mail_dir, a.address)
+    if src.resolve() == dst.resolve():
+        raise CommandError(f"--target-mail-dir {args.target_mail_dir}: that is this box's own mail directory")
+    try:
+        copied = copy_maildir(src, dst)
+    except (MoveError, OSError) as exc:
+        raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box})") from None
+    store.set_home(a.address, args.box)
+    late = catch_up(src, dst)
+    print(f"moved {a.address} to {args.box}: {copied.files} file(s), {copied.bytes} bytes, "
+          f"{copied.indexes} index(es) copied (UIDs kept)" + (f", {late} late arrival(s)" if late else ""))
+    print(f"home is now {args.box}; the old Maildir {src} is kept: delete it once you have checked the move")
     return 0
 
 
@@ -244,6 +355,10 @@ def _sent_today(cfg: Config, address: str) -> int:
     from appliance.ratelimit.keys import account_key
     from appliance.ratelimit.store import limits_db, read_daily_count
 
+    if cfg.state.backend == "shared":  # the fleet's count, in Redis (docs/fleet.md)
+        from appliance.ratelimit.shared import read_daily_count as shared_daily_count
+
+        return shared_daily_count(cfg, account_key(address), time.time())
     # As the relay last wrote it: at most one batch (store.BATCH_INTERVAL) behind.
     return read_daily_count(limits_db(cfg), account_key(address), time.time())
 
@@ -277,8 +392,15 @@ def cmd_quota(args: argparse.Namespace) -> int:
         store.set_quota(a.address, storage, messages)
         a = store.get(a.address)
         assert a is not None
-    limits, used = _quota_of(cfg, a)
     own = "own" if a.quota_storage is not None or a.quota_messages is not None else f"class {a.limit_class}"
+    if cfg.fleet.home_of(a.home):  # the Maildir, hence the usage, is on the home box
+        limits = limits_for(a, cfg.limits.classes)
+        storage = format_size(limits.storage) if limits.storage else "unlimited"
+        messages = str(limits.messages) if limits.messages else "unlimited"
+        print(f"{a.address}: quota {storage}, {messages} messages ({own}); its Maildir and usage are on its "
+              f"home box {a.home}: run `appliance user quota` there")
+        return 0
+    limits, used = _quota_of(cfg, a)
     print(f"{a.address}: quota {quota_text(limits, used)} ({own})")
     return 0
 

@@ -5,7 +5,11 @@ into the Maildir's tmp/, fsyncs all those files concurrently (one journal
 commit instead of one per file), renames them into new/, fsyncs each distinct
 new/ directory once, and only then reports the recipients as delivered. The
 per-message cost that competes with accepting mail drops from two serial
-fsyncs and a thread hop to a share of one batch.
+fsyncs and a thread hop to a share of one batch. A busy thread waits up to
+BATCH_WINDOW for more deliveries before it commits; a lone file or directory is
+fsynced in the thread itself. ``deliver_queued`` also reads the message from the
+spool and removes it once delivered, so a message for local mailboxes costs the
+event loop one thread hand-off (docs/spool.md "Delivery").
 
 Quota (RFC 9208 STORAGE/MESSAGE, appliance.mailstore.quota): a recipient whose
 mailbox cannot take the message gets a temporary failure (452 4.2.2): the
@@ -27,35 +31,62 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.accounts import AccountStore
 from appliance.delivery.maildir import ensure_maildir, unique_name
 from appliance.delivery.outcome import Outcome, deferred, failed
+from appliance.delivery.usage import UsageCache
 from appliance.fsutil import fsync_dir
 from appliance.mailstore import account_maildir
 from appliance.mailstore import quota as mquota
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
+    from appliance.spool.spool import Spool
 from appliance.mailstore.maildir import crlf_size
 from appliance.mailstore.names import dir_name
 from appliance.policy.dmarc_verify import JUNK, JUNK_HEADER
-from appliance.spool.format import SpooledMessage
+from appliance.spool import faults
+from appliance.spool.format import SpooledMessage, SpoolFormatError
 
 log = logging.getLogger("appliance.delivery.local")
 # dmarc_verify's request (relay.outsiders = "verify": p=quarantine failures), set only by the relay.
 _JUNK_FIELD = re.compile(rb"(?im)^" + re.escape(JUNK_HEADER.encode()) + rb"[ \t]*:")
 FSYNC_THREADS = 8
+BATCH_WINDOW = 0.03  # seconds a busy delivery thread waits for more deliveries to commit together
+BATCH_MAX = 64  # deliveries in one batch
+BUSY_GAP = 0.05  # a batch ending less than this before the next delivery arrives means "busy"
 
 
 @dataclass
 class _Job:
     rcpts: list[str]
-    msg: SpooledMessage
+    msg: SpooledMessage | None  # None: read it from the spool first (``queued``)
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Outcome]]
     outcomes: list[Outcome] = field(default_factory=list)
+    # A queued message delivered whole by this thread: read from SPOOL, removed from it once every
+    # recipient is delivered (``deliver_queued``).
+    spool: Spool | None = None
+    qid: str = ""
+    error: Exception | None = None  # the queued message could not be read
+    finished: bool = False
+
+
+@dataclass
+class QueuedDelivery:
+    """What ``deliver_queued`` did: the message as read, an outcome per recipient, and whether it
+    is finished (every recipient delivered, the message and its log removed from the spool)."""
+
+    msg: SpooledMessage | None
+    outcomes: list[Outcome]
+    finished: bool
 
 
 @dataclass
@@ -66,28 +97,51 @@ class _File:
     maildir: Path
     name: str
     fd: int
+    quota_root: Path  # the account's Maildir (maildir may be its Junk folder)
+    vsize: int
 
 
 class LocalDelivery:
-    def __init__(self, mail_dir: str | Path, accounts_db: str | Path, postmaster: str = "",
-                 limit_classes: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, mail_dir: str | Path, accounts_db: str | Path | Callable[[], AccountStore | PgAccountStore],
+                 postmaster: str = "", limit_classes: Mapping[str, Any] | None = None,
+                 usage: UsageCache | None = None) -> None:
+        """ACCOUNTS_DB: the SQLite file, or what opens the store of `state.backend` (``open_accounts``).
+        USAGE: the mailbox usage this delivery counts into (the relay shares it with its RCPT check)."""
         self.mail_dir = Path(mail_dir)
         self.postmaster = postmaster
         self.limit_classes = limit_classes  # config limits.classes, for each account's quota; None: no quota
-        self.accounts_db = Path(accounts_db)
+        self._open_accounts = accounts_db if callable(accounts_db) else partial(AccountStore, Path(accounts_db))
         self._q: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._usage = usage if usage is not None else UsageCache()
         self.stats = {"delivered": 0, "batches": 0, "file_fsyncs": 0, "dir_fsyncs": 0, "over_quota": 0,
                       "quota_warnings": 0}
 
     async def deliver(self, rcpts: list[str], msg: SpooledMessage) -> list[Outcome]:
+        return await self._submit(_Job(rcpts, msg, *self._future()))
+
+    async def deliver_queued(self, spool: Spool, qid: str, rcpts: list[str]) -> QueuedDelivery:
+        """Deliver queued message QID to RCPTS (all its unfinished recipients) in one hand-off to the
+        delivery thread: it reads the message, delivers it, and once every recipient is delivered
+        removes it from the spool (the message file, then its log), as the manager would after the
+        same ``after_deliver`` point. Raises what ``Spool.load`` raises (gone, corrupt)."""
+        job = _Job(rcpts, None, *self._future(), spool=spool, qid=qid)
+        outcomes = await self._submit(job)
+        if job.error is not None:
+            raise job.error
+        return QueuedDelivery(job.msg, outcomes, job.finished)
+
+    @staticmethod
+    def _future() -> tuple[asyncio.AbstractEventLoop, asyncio.Future[list[Outcome]]]:
+        loop = asyncio.get_running_loop()
+        return loop, loop.create_future()
+
+    async def _submit(self, job: _Job) -> list[Outcome]:
         if self._thread is None or not self._thread.is_alive():
             self._pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="local-fsync")
             self._thread = threading.Thread(target=self._run, name="local-delivery", daemon=True)
             self._thread.start()
-        loop = asyncio.get_running_loop()
-        job = _Job(rcpts, msg, loop, loop.create_future())
         self._q.put(job)
         return await job.future
 
@@ -101,7 +155,8 @@ class LocalDelivery:
             self._pool = None
 
     def _run(self) -> None:
-        store = AccountStore(self.accounts_db)
+        store = self._open_accounts()
+        last_end = 0.0
         try:
             while True:
                 first = self._q.get()
@@ -109,9 +164,15 @@ class LocalDelivery:
                     return
                 batch = [first]
                 stop = False
-                while True:
+                # Busy (the last batch ended moments ago): wait a little for more deliveries, so that
+                # they share the fsyncs (group commit) and the journal commits that compete with the
+                # spool's (each 250 waits for one). Idle, the first delivery goes at once.
+                busy = time.monotonic() - last_end < BUSY_GAP
+                deadline = time.monotonic() + (BATCH_WINDOW if busy else 0.0)
+                while len(batch) < BATCH_MAX:
                     try:
-                        nxt = self._q.get_nowait()
+                        wait = deadline - time.monotonic()
+                        nxt = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
                     except queue.Empty:
                         break
                     if nxt is None:
@@ -124,29 +185,46 @@ class LocalDelivery:
                     log.exception("local delivery batch failed")
                     for job in batch:
                         job.outcomes = deferred(job.rcpts, 451, "4.3.0", f"local delivery failed: {exc}")
-                for job in batch:
-                    self._resolve(job)
+                self._resolve(batch)
+                last_end = time.monotonic()
                 if stop:
                     return
         finally:
             store.close()
 
     @staticmethod
-    def _resolve(job: _Job) -> None:
-        def done() -> None:
-            if not job.future.done():
-                job.future.set_result(job.outcomes)
+    def _resolve(batch: list[_Job]) -> None:
+        """Hand the outcomes back: one wake-up of each event loop for the whole batch."""
+        loops: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in batch:
+            loops.setdefault(job.loop, []).append(job)
 
-        with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(done)
+        def done(jobs: list[_Job]) -> None:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_result(job.outcomes)
 
-    def _commit(self, store: AccountStore, batch: list[_Job]) -> None:
+        for loop, jobs in loops.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(done, jobs)
+
+    def _commit(self, store: AccountStore | PgAccountStore, batch: list[_Job]) -> None:
         assert self._pool is not None
         self.stats["batches"] += 1
         files: list[_File] = []
         added: dict[Path, list[int]] = {}  # bytes and messages this batch adds per Maildir
         warn: dict[Path, tuple[str, mquota.QuotaLimits, tuple[int, int]]] = {}
+        # Looked up and made once per batch, not per message (a stat and three mkdirs each: py-spy).
+        maildirs: dict[str, Path] = {}
+        ready: set[Path] = set()
         for job in batch:
+            if job.msg is None:
+                assert job.spool is not None
+                try:
+                    job.msg = job.spool.load(job.qid)
+                except (OSError, SpoolFormatError) as exc:
+                    job.error = exc
+                    continue
             # RFC 5321 4.4: the final delivery MTA adds Return-Path. Maildir files use LF line ends.
             body = job.msg.data.replace(b"\r\n", b"\n")
             junk = to_junk(job.msg.data)
@@ -158,7 +236,7 @@ class LocalDelivery:
                 if owner is None:
                     job.outcomes += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
                     continue
-                md = account_maildir(self.mail_dir, owner)
+                md = maildirs.get(owner) or maildirs.setdefault(owner, account_maildir(self.mail_dir, owner))
                 content = f"Return-Path: <{job.msg.sender}>\nDelivered-To: {r}\n".encode() + body
                 vsize = crlf_size(content)
                 if self.limit_classes is not None:
@@ -171,12 +249,14 @@ class LocalDelivery:
                 # Quota counts the whole account (md); the file goes into its Junk folder when asked.
                 target = md / dir_name(JUNK) if junk else md
                 try:
-                    ensure_maildir(target)
+                    if target not in ready:
+                        ensure_maildir(target)
+                        ready.add(target)
                     fd = os.open(target / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 except OSError as exc:
                     job.outcomes += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
                     continue
-                f = _File(job, r, owner, target, name, fd)
+                f = _File(job, r, owner, target, name, fd, md, vsize)
                 try:
                     view = memoryview(content)
                     while view:
@@ -185,7 +265,7 @@ class LocalDelivery:
                     self._drop(f, exc)
                     continue
                 files.append(f)
-        errors = list(self._pool.map(_fsync, [f.fd for f in files]))
+        errors = self._each(_fsync, [f.fd for f in files])
         self.stats["file_fsyncs"] += sum(1 for e in errors if e is None)
         renamed: list[_File] = []
         for f, err in zip(files, errors, strict=True):
@@ -202,7 +282,7 @@ class LocalDelivery:
                 continue
             renamed.append(f)
         dirs = sorted({f.maildir / "new" for f in renamed})
-        dir_errors = dict(zip(dirs, self._pool.map(_fsync_dir, dirs), strict=True))
+        dir_errors = dict(zip(dirs, self._each(_fsync_dir, dirs), strict=True))
         self.stats["dir_fsyncs"] += len(dirs)
         for f in renamed:
             err = dir_errors[f.maildir / "new"]
@@ -211,7 +291,20 @@ class LocalDelivery:
                 f.job.outcomes += deferred([f.rcpt], 451, "4.3.0", f"local delivery failed: {err.strerror or err}")
                 continue
             self.stats["delivered"] += 1
+            self._usage.delivered(f.quota_root, f.vsize)
             f.job.outcomes.append(Outcome(f.rcpt, "delivered", 250, "2.0.0", f"delivered to maildir of {f.owner}"))
+        for job in batch:
+            if job.spool is None or job.error is not None:
+                continue
+            faults.point("after_deliver")
+            if len(job.outcomes) == len(job.rcpts) and all(o.status == "delivered" for o in job.outcomes):
+                # Finished: removing the queue file is the record (a crash before it only repeats deliveries).
+                try:
+                    job.spool.finish(job.qid)
+                except OSError as exc:  # the manager tries again
+                    log.warning("%s: delivered, but not removed from the spool: %s", job.qid, exc)
+                    continue
+                job.finished = True
         for md, (owner, limits, used) in warn.items():
             try:
                 self._warn(md, owner, limits, used)
@@ -219,7 +312,15 @@ class LocalDelivery:
                 (md / mquota.WARNED_FILE).unlink(missing_ok=True)  # try again at the next delivery
                 log.warning("quota warning for %s not delivered: %s", owner, exc)
 
-    def _over_quota(self, store: AccountStore, owner: str, md: Path, vsize: int, added: dict[Path, list[int]],
+    def _each(self, fn: Callable[[Any], OSError | None], items: list[Any]) -> list[OSError | None]:
+        """FN on every item, concurrently (concurrent fsyncs share journal commits); one item here, in
+        this thread: a hand-off to the pool and back costs more than it saves."""
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        assert self._pool is not None
+        return list(self._pool.map(fn, items))
+
+    def _over_quota(self, store: AccountStore | PgAccountStore, owner: str, md: Path, vsize: int, added: dict[Path, list[int]],
                     warn: dict[Path, tuple[str, mquota.QuotaLimits, tuple[int, int]]]) -> str | None:
         """Why OWNER's mailbox cannot take VSIZE more octets now, or None (then counted in ADDED)."""
         account = store.get(owner)
@@ -229,7 +330,7 @@ class LocalDelivery:
         limits = mquota.limits_for(account, self.limit_classes)
         if limits.unlimited:
             return None
-        base = mquota.usage(md)
+        base = self._usage.usage(md)  # not a listing of new/ per message (appliance/delivery/usage.py)
         extra = added.setdefault(md, [0, 0])
         used = (base.bytes + extra[0], base.messages + extra[1])
         err = mquota.quota_error(used, limits, vsize, 1)
@@ -254,6 +355,7 @@ class LocalDelivery:
             os.close(fd)
         os.rename(md / "tmp" / name, md / "new" / name)
         fsync_dir(md / "new")
+        self._usage.delivered(md, crlf_size(data))
         self.stats["quota_warnings"] += 1
         log.info("quota warning delivered to %s (%s bytes, %s messages)", owner, *used)
 

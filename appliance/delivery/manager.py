@@ -6,8 +6,10 @@ log as soon as it is known, so after a crash only unfinished recipients are
 retried. A permanent failure's DSN is stored in the spool *before* the failure
 is logged: a crash in between sends the DSN twice rather than never.
 
-Operator requests (`appliance queue flush | retry ID | delete ID`) arrive as
-files in SPOOL/control/, polled every CONTROL_POLL seconds.
+Operator requests (`appliance queue flush | retry ID | delete ID | hold ID | release ID`)
+arrive as files in SPOOL/control/, polled every CONTROL_POLL seconds. A hold is recorded in the
+message's log by the CLI before it asks (so it survives a restart); a held entry stays queued and is
+never attempted until released.
 """
 
 from __future__ import annotations
@@ -22,20 +24,26 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.asyncresolver
 
+from appliance.accounts import AccountStore, open_accounts
 from appliance.config import Config
-from appliance.delivery import dsn, smtpclient
+from appliance.delivery import dsn, homes, smtpclient
 from appliance.delivery.local import LocalDelivery
-from appliance.delivery.mx import MxError, mx_hops
+from appliance.delivery.mx import MxError, outbound_hops
 from appliance.delivery.outcome import Outcome, deferred, failed
 from appliance.delivery.routing import Destination, Route, route
+from appliance.delivery.usage import UsageCache
+from appliance.metrics import DELIVERIES
 from appliance.registry.model import Registry
 from appliance.spool import faults
 from appliance.spool.format import SpooledMessage, SpoolFormatError
 from appliance.spool.spool import Spool, SpoolError
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
 
 log = logging.getLogger("appliance.delivery")
 
@@ -62,6 +70,7 @@ class Entry:
     delay_sent: bool = False
     busy: bool = False
     deleted: bool = False
+    held: bool = False  # `appliance queue hold`: never attempted until released
     why: dict[str, str] = field(default_factory=dict)  # last temporary error per recipient
 
     @property
@@ -86,6 +95,10 @@ def entry_from(msg: SpooledMessage, records: list[dict[str, Any]]) -> Entry:
             e.why.update(rec.get("why") or {})
         elif rec.get("e") == "delay_dsn":
             e.delay_sent = True
+        elif rec.get("e") == "hold":
+            e.held = True
+        elif rec.get("e") == "release":
+            e.held, e.next = False, 0.0  # released: due now
     return e
 
 
@@ -98,6 +111,7 @@ class DeliveryManager:
         *,
         resolver: dns.asyncresolver.Resolver | None = None,
         mx_port: int = 25,
+        usage: UsageCache | None = None,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
@@ -114,9 +128,11 @@ class DeliveryManager:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
-        self._local = LocalDelivery(cfg.paths.mail_dir, cfg.paths.accounts_db,
-                                    postmaster=cfg.box.postmaster_address, limit_classes=cfg.limits.classes)
+        self._local = LocalDelivery(cfg.paths.mail_dir, functools.partial(open_accounts, cfg),
+                                    postmaster=cfg.box.postmaster_address, limit_classes=cfg.limits.classes,
+                                    usage=usage)  # USAGE: shared with the relay's RCPT quota check
         self._last_control = 0.0
+        self._homes_store: AccountStore | PgAccountStore | None = None  # home-box lookups (fleet.boxes)
         # smtplib is blocking: its own threads, as many as deliveries may run at once.
         self._executor = concurrent.futures.ThreadPoolExecutor(cfg.relay.delivery_workers,
                                                                thread_name_prefix="delivery")
@@ -211,8 +227,8 @@ class DeliveryManager:
                     break
                 heapq.heappop(self._heap)
                 e = self._entries.get(qid)
-                if e is None or e.busy or e.next != when:
-                    continue  # stale heap item
+                if e is None or e.busy or e.held or e.next != when:
+                    continue  # stale heap item, or held (release schedules it again)
                 e.busy = True
                 t = asyncio.create_task(self._attempt(e))
                 self._tasks.add(t)
@@ -244,7 +260,17 @@ class DeliveryManager:
                     if not e.busy:
                         self._schedule(e, now)
             elif action == "retry" and (e := self._entries.get(qid)) is not None and not e.busy:
-                self._schedule(e, now)
+                self._schedule(e, now)  # (a held one is still skipped: release it)
+            elif action == "hold" and (e := self._entries.get(qid)) is not None:
+                e.held = True  # an attempt already running finishes; none starts after it
+            elif action == "release" and (e := self._entries.get(qid)) is not None:
+                e.held = False
+                if not e.busy:
+                    self._schedule(e, now)
+            elif action == "retry" and qid not in self._entries and self.spool.path(qid).exists():
+                # Stored by another process (`appliance tlsrpt send`): pick it up (one small header read).
+                with contextlib.suppress(FileNotFoundError, SpoolFormatError):
+                    self._on_stored(self.spool.load(qid, with_data=False))
             elif action == "delete":
                 e = self._entries.get(qid)
                 if e is not None and e.busy:
@@ -261,6 +287,7 @@ class DeliveryManager:
             await self._attempt_inner(e)
         except Exception:
             log.exception("delivery attempt for %s failed; retrying later", e.id)
+            DELIVERIES.labels("deferred").inc(len(e.pending))
             e.attempts += 1
             self._schedule(e, time.time() + retry_delay(self.cfg, e.attempts))
         finally:
@@ -275,10 +302,34 @@ class DeliveryManager:
         for r in e.pending:
             rt = route(self.cfg, registry, r)
             groups.setdefault(rt.destination.key, (rt, []))[1].append(r)
-        # A held message is not read at all (it may be large, and held ones pile up).
-        with_data = any(rt.destination.kind != "hold" for rt, _ in groups.values())
+        if self.cfg.fleet.boxes and any(rt.destination.kind == "local" for rt, _ in groups.values()):
+            # Home boxes: local recipients whose Maildir is on another box go there (appliance/delivery/homes.py).
+            groups = await asyncio.to_thread(homes.split_local, self.cfg, self._home_accounts(), groups)
+        results: list[Outcome] = []
+        unlogged: list[Outcome] = []
+        local = [g for g in groups.values() if g[0].destination.kind == "local"]
+        whole_local = len(groups) == 1 and bool(local)
         try:
-            msg = await asyncio.to_thread(self.spool.load, e.id, with_data=with_data)
+            if whole_local:
+                # Mail for this box's own mailboxes: read, delivered and (when every recipient is
+                # delivered) removed from the spool by the local delivery thread, in one hand-off.
+                rt, rcpts = local[0]
+                async with self._dest_sem(rt.destination.key):
+                    done = await self._local.deliver_queued(self.spool, e.id, rcpts)
+                if done.finished:
+                    self.stats["delivered"] += len(rcpts)
+                    DELIVERIES.labels("delivered").inc(len(rcpts))
+                    self._entries.pop(e.id, None)
+                    return
+                ok = [o for o in done.outcomes if o.status == "delivered"]
+                unlogged.extend(ok)
+                e.done.update(o.recipient for o in ok)
+                results.extend(done.outcomes)
+                msg = done.msg or await asyncio.to_thread(self.spool.load, e.id)
+            else:
+                # A held message is not read at all (it may be large, and held ones pile up).
+                with_data = any(rt.destination.kind != "hold" for rt, _ in groups.values())
+                msg = await asyncio.to_thread(self.spool.load, e.id, with_data=with_data)
         except FileNotFoundError:  # deleted by the operator
             self._entries.pop(e.id, None)
             return
@@ -287,9 +338,6 @@ class DeliveryManager:
             await asyncio.to_thread(self.spool.quarantine, e.id)
             self._entries.pop(e.id, None)
             return
-
-        results: list[Outcome] = []
-        unlogged: list[Outcome] = []
 
         async def one(rt: Route, rcpts: list[str]) -> None:
             outs = await self._deliver_group(rt, rcpts, msg)
@@ -303,7 +351,8 @@ class DeliveryManager:
             e.done.update(o.recipient for o in ok)
             results.extend(outs)
 
-        await asyncio.gather(*(one(rt, rcpts) for rt, rcpts in groups.values()))
+        if not whole_local:
+            await asyncio.gather(*(one(rt, rcpts) for rt, rcpts in groups.values()))
         now = time.time()
         bad = [o for o in results if o.status == "failed"]
         later = [o for o in results if o.status == "deferred"]
@@ -314,6 +363,9 @@ class DeliveryManager:
             later = []
         self.stats["delivered"] += len(results) - len(bad) - len(later)
         self.stats["deferred"] += len(later)
+        DELIVERIES.labels("delivered").inc(len(results) - len(bad) - len(later))
+        DELIVERIES.labels("deferred").inc(len(later))
+        DELIVERIES.labels("bounced").inc(len(bad))
         if bad:
             self.stats["failed"] += len(bad)
             self._feed_brake(msg, len(bad))
@@ -336,6 +388,11 @@ class DeliveryManager:
             records.append({"e": "delay_dsn"})
         await asyncio.to_thread(self.spool.append_log, e.id, records)
         self._schedule(e, when)
+
+    def _home_accounts(self) -> AccountStore | PgAccountStore:
+        if self._homes_store is None:
+            self._homes_store = open_accounts(self.cfg)  # one connection per thread that uses it
+        return self._homes_store
 
     def _registry(self) -> Registry | None:
         try:
@@ -367,6 +424,11 @@ class DeliveryManager:
                                               client_cert=self.cfg.tls.cert, client_key=self.cfg.tls.key)
                 return await self._send(rt.hops, msg.sender, rcpts, msg.data,
                                                policy=policy, helo=helo)
+            if dest.kind == "home":
+                # Another box of the fleet (docs/fleet.md "Home boxes"): TLS required, verified by the fleet's CA.
+                policy = smtpclient.TlsPolicy("required", self.cfg.fleet.ca_file,
+                                              client_cert=self.cfg.tls.cert, client_key=self.cfg.tls.key)
+                return await self._send(rt.hops, msg.sender, rcpts, msg.data, policy=policy, helo=helo)
             if dest.kind == "relay":
                 # A sponsored edge box: TLS as its route says (required unless configured
                 # otherwise), verified by the route's pins or else against relay.ca_file.
@@ -385,7 +447,8 @@ class DeliveryManager:
                 return await self._send(rt.hops, msg.sender, rcpts, msg.data, policy=policy,
                                                helo=helo, auth=smtpclient.Auth(up.username, password))
             try:
-                hops = await mx_hops(dest.domain, self.resolver, self.mx_port)
+                # Each hop carries the TLS it must have (DANE, MTA-STS or opportunistic): mx.py.
+                hops = await outbound_hops(self.cfg, dest.domain, self.resolver, self.mx_port)
             except MxError as exc:
                 return (failed if exc.permanent else deferred)(rcpts, 550 if exc.permanent else 451, exc.enhanced,
                                                                exc.text)

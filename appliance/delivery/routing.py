@@ -9,7 +9,8 @@
    required, SPKI pinned when listed (a suspended member: keep and retry);
 4. role ``edge``: the configured upstream relay (checked before the registry: an edge
    box is not a member, so members take its mail only through its upstream);
-5. otherwise ``relay.outside``: ``refuse`` (5.7.1) or ``mx`` (DNS MX, opportunistic TLS).
+5. otherwise ``relay.outside``: ``refuse`` (5.7.1) or ``mx`` (DNS MX; DANE, MTA-STS or
+   opportunistic TLS per host, decided in appliance/delivery/mx.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Literal
 from appliance.addresses import domain_of
 from appliance.config import Config
 from appliance.registry.model import Registry
+from appliance.tlspolicy.hoptls import HopTls
 
-Kind = Literal["local", "relay", "member", "upstream", "mx", "refuse", "hold"]
+Kind = Literal["local", "relay", "member", "upstream", "mx", "refuse", "hold", "home"]  # home: appliance/delivery/homes.py
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Hop:
     port: int
     spki_sha256: tuple[str, ...] = ()
     address: str = ""  # resolved address to connect to (DNS MX); empty: connect to host
+    tls: HopTls | None = None  # DNS MX under DANE or MTA-STS (appliance/delivery/mx.py); None: as the policy says
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ TLS policies:
   SubjectPublicKeyInfo); without pins the chain is verified against ``ca_file``
   (or the system CAs) and the host name is checked.
 - ``opportunistic`` (DNS MX in the transition): STARTTLS when offered, unverified.
+- a DNS MX hop under DANE or MTA-STS (``Hop.tls``, appliance/tlspolicy/hoptls.py): STARTTLS
+  mandatory, the peer's chain checked after the handshake and before anything else is sent.
 
 Connections are cached per (host, port, policy) for a few seconds and reused
 after RSET, so a burst of mail to one member costs one TLS handshake.
@@ -140,9 +142,14 @@ def _open(hop: Hop, policy: TlsPolicy, helo: str, auth: Auth | None) -> smtplib.
         conn.ehlo(helo)
         if conn.has_extn("starttls"):
             try:
-                conn.starttls(context=_context(policy, hop.spki_sha256))
+                conn.starttls(context=hop.tls.context() if hop.tls else _context(policy, hop.spki_sha256))
             except (ssl.SSLError, ssl.CertificateError, OSError, smtplib.SMTPException) as exc:
+                if hop.tls is not None:
+                    hop.tls.handshake_failed(str(exc), hop.address)
                 raise HopError(421, "4.7.5", f"TLS with {remote} failed: {exc}") from None
+            # DANE / MTA-STS (appliance/tlspolicy/hoptls.py): checked before anything else is sent.
+            if hop.tls is not None and (why := hop.tls.verify(conn.sock, hop.address)):
+                raise HopError(421, "4.7.5", f"{remote}: {why}")
             if hop.spki_sha256:
                 assert isinstance(conn.sock, ssl.SSLSocket)
                 der = conn.sock.getpeercert(binary_form=True)
@@ -151,6 +158,8 @@ def _open(hop: Hop, policy: TlsPolicy, helo: str, auth: Auth | None) -> smtplib.
             conn.ehlo(helo)
         elif policy.mode == "required":
             raise HopError(421, "4.7.4", f"{remote} does not offer STARTTLS and TLS is required")
+        elif hop.tls is not None and (why := hop.tls.no_starttls(hop.address)):
+            raise HopError(421, "4.7.4", f"{remote}: {why}; never sent in plaintext")
         if auth is not None:
             try:
                 conn.login(auth.username, auth.password)
@@ -185,7 +194,7 @@ def send(
     """Try HOPS in order until one takes the transaction; an outcome for every recipient."""
     last = HopError(421, "4.4.1", "no hosts to try")
     for hop in hops:
-        key = (hop.host, hop.port, hop.spki_sha256, policy, auth)
+        key = (hop.host, hop.port, hop.spki_sha256, hop.tls, policy, auth)
         conn = POOL.get(key)
         try:
             if conn is not None:

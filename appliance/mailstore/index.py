@@ -29,11 +29,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.mailstore.errors import MailstoreError
+from appliance.mailstore.maildir import DELETED, SEEN
+from appliance.sqlite_wal import enable_wal
 
 log = logging.getLogger("appliance.mailstore.index")
 
@@ -78,6 +80,10 @@ CREATE INDEX IF NOT EXISTS messages_unfilled ON messages (mailbox_id, uid) WHERE
 -- Partial indexes of an early version, replaced by the counters in `mailboxes`.
 DROP INDEX IF EXISTS messages_unseen;
 DROP INDEX IF EXISTS messages_deleted;
+-- SEARCH UNSEEN and SELECT's first unseen: the unseen rows only, with what those queries read
+-- (covering: no lookup of the table row). A query uses it only if its WHERE has the very term
+-- `flags & 1 = 0` (SQLite's rule for partial indexes), as Mailbox.uids_with writes it.
+CREATE INDEX IF NOT EXISTS messages_unseen_uids ON messages (mailbox_id, uid, flags) WHERE flags & 1 = 0;
 CREATE TABLE IF NOT EXISTS expunged (
     mailbox_id INTEGER NOT NULL,
     uid        INTEGER NOT NULL,
@@ -122,13 +128,36 @@ def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False,
                          cached_statements=32)
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    db.execute("PRAGMA journal_mode=WAL")
+    enable_wal(db)
     db.execute("PRAGMA synchronous=FULL")
     # 128 KiB per connection: there are up to MAX_IDLE per open account (64 of them), and 4 MB each
     # would be hundreds of MB of RSS; the OS page cache holds the file anyway (a 100,000-row range
     # scan measured the same with 256 KiB as with 4 MB). A large transaction spills to the WAL early.
     db.execute("PRAGMA cache_size=-128")
     return db
+
+
+CHUNK = 500  # UIDs per "uid IN (...)": SQLite's variable limit is 32766; smaller keeps statements cheap to prepare
+
+
+def chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
+    for i in range(0, len(seq), CHUNK):
+        yield seq[i:i + CHUNK]
+
+
+def adjust_counts(db: sqlite3.Connection, mailbox_id: int, added: Iterable[int], removed: Iterable[int]) -> None:
+    """Keep the mailbox's unseen/deleted counters right: ADDED and REMOVED are flag bitmasks of rows
+    (or of a row's flags before and after a change)."""
+    unseen = deleted = 0
+    for bits in added:
+        unseen += not bits & SEEN
+        deleted += bool(bits & DELETED)
+    for bits in removed:
+        unseen -= not bits & SEEN
+        deleted -= bool(bits & DELETED)
+    if unseen or deleted:
+        db.execute("UPDATE mailboxes SET unseen = unseen + ?, deleted = deleted + ? WHERE id = ?",
+                   (unseen, deleted, mailbox_id))
 
 
 def _add_counters(db: sqlite3.Connection) -> None:
@@ -281,21 +310,32 @@ class Index:
                 self.close()
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (BEGIN IMMEDIATE: the writer lock is taken up front, no upgrade deadlock).
 
         Writers of this process queue on a Python lock first: SQLite's busy handler polls with
         sleeps of up to 100 ms, so a waiting session's write could starve behind a loop of short
         transactions (the background fill, fill.py); a lock wakes the next writer at once.
+
+        DURABLE=False: commit without the fsync (synchronous=NORMAL), for rows that are derived
+        and rebuilt when missing (the ENVELOPE/BODYSTRUCTURE cache). In WAL mode the database
+        stays consistent after a power loss; only such a transaction may be lost, and the next
+        durable commit syncs it with its own. The setting cannot change inside a transaction.
         """
         with self._writer, self._using() as db:
-            db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -2,53 +2,38 @@
 
 Every operation costs in proportion to what it touches (issue 13):
 
-* ``sync()`` reads ``new/`` only: the relay's deliveries get UIDs in one
-  transaction and move to ``cur/`` as ``<stem>,U=<uid>:2,<letters>``;
 * ``store()`` of k messages is k indexed updates in one transaction, plus a
   rename for each message whose standard flags change (so other Maildir tools
   see them); keyword-only changes touch the index only;
 * ``expunge()``/``move_to()`` are k deletions from a B-tree, O(k log n);
-* ``copy_to()`` hard-links the files and fsyncs the destination once.
-
-Crash safety. A UID is committed to the index *before* any file carries it in
-its name, so a UID the index handed out is never handed out again
-(RFC 3501 §2.3.1.1). A file is fully written and fsynced in ``tmp/`` (or is
-already in ``new/``) before its row is committed; only then is it renamed into
-``cur/``. Between the commit and the rename (or after a crash there), the file
-is found at its old place by ``_locate`` and moved on.
+* ``state()`` is O(changes) once this process has read the mailbox;
+* how messages arrive (``sync()`` of ``new/``, ``append()``, ``copy_to()``) and the
+  order of writes that makes a crash safe are in ``arrivals.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from appliance.fsutil import atomic_write, fsync_dir
-from appliance.mailstore import fill
+from appliance.fsutil import atomic_write
+from appliance.mailstore import arrivals, fill
 from appliance.mailstore.errors import MailstoreError
+from appliance.mailstore.index import adjust_counts, chunks
 from appliance.mailstore.maildir import (
-    DELETED,
     FORWARDED,
     SEEN,
-    bits_of_letters,
     crlf,
-    crlf_size,
     flag_tuple,
     join_keywords,
     letters_of_bits,
     parse_flags,
-    split_name,
-    unique_name,
-    vsize_in,
-    without_uid,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.mailstore")
 VALIDITY_FILE = "appliance-uidvalidity"  # "V<uidvalidity> N<uidnext floor>": survives a lost index
-_CHUNK = 500  # SQLite's variable limit is 32766; smaller chunks keep statements cheap to prepare
 
 
 class Record(NamedTuple):
@@ -86,39 +70,6 @@ _COLS = "uid, flags, keywords, size, internaldate, modseq"
 
 def _record(row: tuple[int, int, str, int, float, int]) -> Record:
     return Record(row[0], flag_tuple(row[1], row[2]), row[3], row[4], row[5])
-
-
-def _chunks(seq: Sequence[int]) -> Iterable[Sequence[int]]:
-    for i in range(0, len(seq), _CHUNK):
-        yield seq[i:i + _CHUNK]
-
-
-def adjust_counts(db: sqlite3.Connection, mailbox_id: int, added: Iterable[int], removed: Iterable[int]) -> None:
-    """Keep the mailbox's unseen/deleted counters right: ADDED and REMOVED are flag bitmasks of rows
-    (or of a row's flags before and after a change)."""
-    unseen = deleted = 0
-    for bits in added:
-        unseen += not bits & SEEN
-        deleted += bool(bits & DELETED)
-    for bits in removed:
-        unseen -= not bits & SEEN
-        deleted -= bool(bits & DELETED)
-    if unseen or deleted:
-        db.execute("UPDATE mailboxes SET unseen = unseen + ?, deleted = deleted + ? WHERE id = ?",
-                   (unseen, deleted, mailbox_id))
-
-
-@contextlib.contextmanager
-def _disk_errors(name: str) -> Iterator[None]:
-    """File system errors as store errors a client can be shown (no traceback, nothing half-written)."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise  # the caller knows what was missing
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise MailstoreError("not enough disk space", code="OVERQUOTA") from exc  # as Dovecot answers
-        raise MailstoreError(f"cannot write to mailbox {name}: {exc.strerror}", code="SERVERBUG") from exc
 
 
 def write_validity(path: Path, uidvalidity: int, uidnext: int) -> None:
@@ -155,58 +106,7 @@ class Mailbox:
 
     def sync(self) -> bool:
         """Index the files the relay put in new/ (new/ only is read); True if any were added."""
-        try:
-            names = [n for n in os.listdir(self._d + "/new") if not n.startswith(".")]
-        except FileNotFoundError:
-            raise MailstoreError(f"mailbox {self.name} no longer exists", code="NONEXISTENT") from None
-        if not names:
-            return False
-        found: list[tuple[float, str, str, str, int]] = []
-        for n in names:
-            p = f"{self._d}/new/{n}"
-            stem, info = split_name(n)
-            stem = without_uid(stem)  # a UID from elsewhere means nothing here
-            try:
-                mtime = os.stat(p).st_mtime
-                size = vsize_in(stem)
-                if size is None:  # not from our relay: read it once, here
-                    with open(p, "rb") as fh:
-                        size = crlf_size(fh.read())
-            except FileNotFoundError:
-                continue  # another session moved it meanwhile
-            found.append((mtime, n, stem, info, size))
-        found.sort()  # delivery order
-        renames: list[tuple[str, str]] = []
-        added = 0
-        with self._ix.write() as db:
-            uidnext, hms, _, _ = self._row(db)
-            modseq = hms + 1
-            rows = []
-            for mtime, n, stem, info, size in found:
-                done = db.execute("SELECT stem, flags FROM messages WHERE mailbox_id = ? AND stem >= ? AND stem < ?",
-                                  (self.id, stem + ",U=", stem + ",U>")).fetchone()
-                if done is not None:  # indexed by a sync that did not get to rename it
-                    renames.append((n, f"{done[0]}:2,{letters_of_bits(done[1])}"))
-                    continue
-                bits = bits_of_letters(info)
-                new_stem = f"{stem},U={uidnext}"
-                rows.append((self.id, uidnext, new_stem, bits, size, mtime, modseq))
-                renames.append((n, f"{new_stem}:2,{letters_of_bits(bits)}"))
-                uidnext += 1
-            if rows:
-                db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, size, internaldate, modseq) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
-                           "bytes = bytes + ? WHERE id = ?",
-                           (uidnext, modseq, len(rows), sum(r[4] for r in rows), self.id))
-                adjust_counts(db, self.id, [r[3] for r in rows], ())
-                added = len(rows)
-        for old, new in renames:
-            with contextlib.suppress(FileNotFoundError):  # a concurrent sync renamed it first
-                os.rename(f"{self._d}/new/{old}", f"{self._d}/cur/{new}")
-        if renames:
-            fsync_dir(self._d + "/cur")
-        return added > 0
+        return arrivals.sync(self)
 
     def rescan(self) -> None:
         """Re-read cur/ and new/ entirely and make the index agree (external Maildir tools, repairs)."""
@@ -263,7 +163,7 @@ class Mailbox:
         out: list[Record] = []
         with self._ix.read() as db:
             self._row(db)
-            for part in _chunks(wanted):
+            for part in chunks(wanted):
                 marks = ",".join("?" * len(part))
                 out.extend(map(_record, db.execute(
                     f"SELECT {_COLS} FROM messages WHERE mailbox_id = ? AND uid IN ({marks})", (self.id, *part))))
@@ -393,7 +293,7 @@ class Mailbox:
             before: list[int] = []
             after: list[int] = []
             used_kws: set[str] = set()
-            for part in _chunks(wanted):
+            for part in chunks(wanted):
                 marks = ",".join("?" * len(part))
                 for uid, old_bits, old_kw, size, idate, old_mod, stem in db.execute(
                         f"SELECT {_COLS}, stem FROM messages WHERE mailbox_id = ? AND uid IN ({marks})",
@@ -460,100 +360,13 @@ class Mailbox:
 
     # --- adding ------------------------------------------------------------------------
 
-    def _commit_new(self, items: list[tuple[str, int, str, int, float]]) -> list[int]:
-        """Give UIDs to files waiting in tmp/ (base, flags, keywords, size, date) and commit them."""
-        with self._ix.write() as db:
-            uidnext, hms, _, _ = self._row(db)
-            modseq = hms + 1
-            rows, uids, kws = [], [], set()
-            for base, bits, kw, size, date in items:
-                rows.append((self.id, uidnext, f"{base},U={uidnext}", bits, kw, size, date, modseq))
-                uids.append(uidnext)
-                kws.update(kw.split())
-                if bits & FORWARDED:
-                    kws.add("$Forwarded")
-                uidnext += 1
-            db.executemany("INSERT INTO messages(mailbox_id, uid, stem, flags, keywords, size, internaldate, modseq) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            db.execute("UPDATE mailboxes SET uidnext = ?, highestmodseq = ?, messages = messages + ?, "
-                       "bytes = bytes + ? WHERE id = ?", (uidnext, modseq, len(rows), sum(r[5] for r in rows), self.id))
-            adjust_counts(db, self.id, [r[3] for r in rows], ())
-            self._define(db, kws)
-        for (base, bits, _, _, _), uid in zip(items, uids, strict=True):
-            with contextlib.suppress(FileNotFoundError):  # a reader's _locate moved it already
-                os.rename(f"{self._d}/tmp/{base}", f"{self._d}/cur/{base},U={uid}:2,{letters_of_bits(bits)}")
-        fsync_dir(self._d + "/cur")
-        return uids
-
     def append(self, data: bytes, flags: Iterable[str] = (), internaldate: float | None = None) -> int:
         """Store DATA; its UID is returned only once the message is on disk (file and directory fsynced)."""
-        try:
-            bits, kws = parse_flags(flags)
-        except ValueError as exc:
-            raise MailstoreError(str(exc)) from None
-        size = crlf_size(data)
-        self._store.check_quota(size, 1)
-        base = f"{unique_name()},W={size}"
-        tmp = f"{self._d}/tmp/{base}"
-        date = time.time() if internaldate is None else internaldate
-        try:
-            with _disk_errors(self.name):
-                try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileNotFoundError:
-                    raise MailstoreError(f"mailbox {self.name} no longer exists", code="NONEXISTENT") from None
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.utime(tmp, (date, date))  # the internal date also survives an index rebuild
-            return self._commit_new([(base, bits, join_keywords(kws), size, date)])[0]
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        return arrivals.append(self, data, flags, internaldate)
 
     def copy_to(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
         """Hard-link UIDS into DEST (flags, keywords and internal date kept); (source, dest) UID pairs."""
-        fill.complete(self, uids)  # sizes and dates must be known to be copied (a no-op once filled)
-        with self._ix.read() as db:
-            self._row(db)
-            rows = []
-            for part in _chunks(sorted(set(uids))):
-                marks = ",".join("?" * len(part))
-                rows += db.execute(f"SELECT uid, stem, flags, keywords, size, internaldate FROM messages "
-                                   f"WHERE mailbox_id = ? AND uid IN ({marks}) ORDER BY uid",
-                                   (self.id, *part)).fetchall()
-        if not rows:
-            return []
-        dest._store.check_quota(sum(r[4] for r in rows), len(rows))
-        if not os.path.isdir(dest._d + "/tmp"):
-            raise MailstoreError(f"mailbox {dest.name} does not exist", code="TRYCREATE")  # RFC 3501 §6.4.7
-        items, src_uids = [], []
-        try:
-            for uid, stem, bits, kw, size, date in rows:
-                src = self._locate(uid, stem, bits)
-                if src is None:
-                    continue  # expunged meanwhile: COPY copies what still exists
-                base = f"{unique_name()},W={size}"
-                try:
-                    with _disk_errors(dest.name):
-                        os.link(src, f"{dest._d}/tmp/{base}")
-                except FileNotFoundError:
-                    continue  # the source went meanwhile
-                items.append((base, bits, kw, size, date))
-                src_uids.append(uid)
-            if not items:
-                return []
-            return list(zip(src_uids, dest._commit_new(items), strict=True))
-        except BaseException:
-            for base, *_ in items:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{dest._d}/tmp/{base}")
-            raise
+        return arrivals.copy(self, uids, dest)
 
     def move_to(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
         """RFC 6851 MOVE: copy, then expunge the originals."""
@@ -572,7 +385,7 @@ class Mailbox:
                                   "WHERE mailbox_id = ? AND flags & 8 != 0 ORDER BY uid", (self.id,)).fetchall()
             else:
                 rows = []
-                for part in _chunks(sorted(set(uids))):
+                for part in chunks(sorted(set(uids))):
                     marks = ",".join("?" * len(part))
                     rows += db.execute(f"SELECT uid, stem, flags, size FROM messages "
                                        f"WHERE mailbox_id = ? AND uid IN ({marks})", (self.id, *part)).fetchall()
@@ -611,23 +424,65 @@ class Mailbox:
                              (self.id, uid, key)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def cache_get_many(self, uids: Sequence[int], key: str) -> dict[int, bytes]:
+        """The cached KEY values of UIDS that have one, in one read transaction (a FETCH batch)."""
+        found: dict[int, bytes] = {}
+        with self._ix.read() as db:
+            for part in chunks(list(uids)):
+                marks = ",".join("?" * len(part))
+                found.update((uid, bytes(value)) for uid, value in db.execute(
+                    f"SELECT uid, value FROM cache WHERE mailbox_id = ? AND key = ? AND uid IN ({marks})",
+                    (self.id, key, *part)))
+        return found
+
     def cache_put(self, uid: int, key: str, value: bytes) -> None:
-        with self._ix.write() as db:
+        self.cache_put_many([(uid, key, value)])
+
+    def cache_put_many(self, entries: Iterable[tuple[int, str, bytes]]) -> None:
+        """(uid, key, value) rows in one transaction: one WAL commit (and fsync) for a FETCH batch,
+        not one per message (the first ENVELOPE page, issue 13)."""
+        rows = [(self.id, uid, key, value, self.id, uid) for uid, key, value in entries]
+        if not rows:
+            return
+        with self._ix.write(durable=False) as db:  # derived rows: rebuilt if a power loss drops them
             # Only for a message that still exists: an expunge deletes its cache rows.
-            db.execute("INSERT OR REPLACE INTO cache(mailbox_id, uid, key, value) "
-                       "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ? AND uid = ?)",
-                       (self.id, uid, key, value, self.id, uid))
+            db.executemany("INSERT OR REPLACE INTO cache(mailbox_id, uid, key, value) "
+                           "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ? AND uid = ?)",
+                           rows)
 
     def unseen_count(self) -> int:
         with self._ix.read() as db:
             self._row(db)
             return db.execute("SELECT unseen FROM mailboxes WHERE id = ?", (self.id,)).fetchone()[0]
 
-    def uids_with(self, present: Iterable[str] = (), absent: Iterable[str] = ()) -> array:
-        """UIDs (ascending) having every system flag in PRESENT and none in ABSENT, filtered in SQLite.
+    def uids_with(self, present: Iterable[str] = (), absent: Iterable[str] = (), upto: int | None = None) -> array:
+        """UIDs (ascending, at most UPTO) having every system flag in PRESENT and none in ABSENT,
+        filtered in SQLite: the fast path for SEARCH UNSEEN / DELETED / FLAGGED... over a large mailbox."""
+        where, args = self._flag_filter(present, absent, upto)
+        with self._ix.read() as db:
+            self._row(db)
+            return array("L", chain.from_iterable(db.execute(
+                f"SELECT uid FROM messages WHERE {where} ORDER BY uid", args)))
 
-        The fast path for SEARCH UNSEEN / DELETED / FLAGGED... over a large mailbox.
+    def uid_text_with(self, present: Iterable[str] = (), absent: Iterable[str] = (),
+                      upto: int | None = None) -> bytes:
+        """The UIDs of ``uids_with`` as ASCII decimals joined by spaces (b"" for none), made inside SQLite.
+
+        Why: UID SEARCH UNSEEN over 100,000 messages answers some 66,000 UIDs. Fetched row by row
+        that is a Python tuple and int per UID, and the GIL taken back 66,000 times from whatever
+        else runs (the background fill, fill.py); group_concat is one call that runs without it,
+        about a third of the CPU (issue 13). The subquery's ORDER BY keeps the order (SQLite does
+        not flatten an ordered subquery into an aggregate), and both indexes it may use are in UID order.
         """
+        where, args = self._flag_filter(present, absent, upto)
+        with self._ix.read() as db:
+            self._row(db)
+            text = db.execute(f"SELECT group_concat(uid, ' ') FROM "
+                              f"(SELECT uid FROM messages WHERE {where} ORDER BY uid)", args).fetchone()[0]
+        return text.encode("ascii") if text else b""
+
+    def _flag_filter(self, present: Iterable[str], absent: Iterable[str],
+                     upto: int | None) -> tuple[str, tuple[int, ...]]:
         try:
             want, kw1 = parse_flags(present)
             avoid, kw2 = parse_flags(absent)
@@ -635,9 +490,9 @@ class Mailbox:
             raise MailstoreError(str(exc)) from None
         if kw1 or kw2:
             raise ValueError("uids_with takes system flags only")
-        with self._ix.read() as db:
-            self._row(db)
-            return array("L", chain.from_iterable(db.execute(
-                "SELECT uid FROM messages WHERE mailbox_id = ? AND flags & ? = ? AND flags & ? = 0 ORDER BY uid",
-                (self.id, want, want, avoid))))
-
+        where = "mailbox_id = ? AND flags & ? = ? AND flags & ? = 0"
+        if avoid & SEEN:
+            where += " AND flags & 1 = 0"  # literally the partial index's condition (index.py): SQLite then uses it
+        if upto is not None:
+            where += " AND uid <= ?"
+        return where, (self.id, want, want, avoid) + (() if upto is None else (upto,))

@@ -17,17 +17,14 @@ from typing import TYPE_CHECKING
 import dkim
 
 from appliance import metrics
-from appliance.policy.check import Check
-from appliance.policy.inbound_dns import DnsTempError, for_config
+from appliance.policy.inbound_dns import DnsTempError, InboundCheck, noted, quiet_dkimpy_log
 
 if TYPE_CHECKING:
     from appliance.message import Message
-    from appliance.policy.pipeline import PolicyContext
     from appliance.policy.session import Session
 
 log = logging.getLogger("appliance.policy.arc")
-_dkimpy_log = logging.getLogger("appliance.policy.arc.dkimpy")
-_dkimpy_log.setLevel(logging.CRITICAL)
+_dkimpy_log = quiet_dkimpy_log("appliance.policy.arc.dkimpy")
 
 MAX_ARC_SETS = 10  # RFC 8617 4.2.1 allows 50; a longer chain than this is refused as "fail"
 
@@ -40,18 +37,13 @@ class ArcResult:
 
 
 def arc_of(session: Session) -> ArcResult | None:
-    found = session.notes.get(ArcVerify.name)
-    return found if isinstance(found, ArcResult) else None
+    return noted(session, ArcVerify.name, ArcResult)
 
 
-class ArcVerify(Check):
+class ArcVerify(InboundCheck):
     name = "arc_verify"
 
-    def __init__(self, ctx: PolicyContext) -> None:
-        self.dns = for_config(ctx.cfg)
-
-    def prepare_data(self, session: Session, message: Message) -> None:
-        session.notes.pop(self.name, None)
+    def verify(self, session: Session, message: Message) -> ArcResult:
         seals = sum(1 for f in message.fields if f.split(b":", 1)[0].strip().lower() == b"arc-seal")
         if seals == 0:
             result = ArcResult("none", "")
@@ -62,7 +54,7 @@ class ArcVerify(Check):
         metrics.INBOUND_AUTH.labels("arc", result.result).inc()
         log.info("arc ip=%s: %s%s%s", session.client_ip, result.result,
                  f" sealer={result.sealer}" if result.sealer else "", f" ({result.reason})" if result.reason else "")
-        session.notes[self.name] = result
+        return result
 
     def _validate(self, message: Message) -> ArcResult:
         try:

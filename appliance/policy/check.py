@@ -57,6 +57,12 @@ class Check:
     def prepare_data(self, session: Session, message: Message) -> None:
         return None
 
+    # A local recipient's mailbox (the quota's usage) is read the same way, in a worker thread just
+    # before the RCPT hooks, for every session, but only when the recipient has an account here
+    # (``session.recipient_account``): mail for other domains never pays for the thread hop.
+    def prepare_rcpt(self, session: Session, recipient: str) -> None:
+        return None
+
     def on_data(self, session: Session, message: Message) -> Verdict | None:
         return None
 

@@ -20,18 +20,14 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from appliance import metrics
-from appliance.policy.check import Check
-from appliance.policy.inbound_dns import DnsTempError, for_config
+from appliance.policy.inbound_dns import DnsTempError, InboundCheck, noted, quiet_dkimpy_log
 
 if TYPE_CHECKING:
     from appliance.message import Message
-    from appliance.policy.pipeline import PolicyContext
     from appliance.policy.session import Session
 
 log = logging.getLogger("appliance.policy.dkim")
-# dkimpy logs every failed signature at ERROR; they are ours to report (Authentication-Results), not errors.
-_dkimpy_log = logging.getLogger("appliance.policy.dkim.dkimpy")
-_dkimpy_log.setLevel(logging.CRITICAL)
+_dkimpy_log = quiet_dkimpy_log("appliance.policy.dkim.dkimpy")
 
 MAX_SIGNATURES = 5  # each costs a DNS lookup and a public-key operation
 
@@ -46,8 +42,7 @@ class DkimResult:
 
 
 def dkim_of(session: Session) -> list[DkimResult]:
-    found = session.notes.get(DkimVerify.name)
-    return list(found) if isinstance(found, tuple) else []
+    return list(noted(session, DkimVerify.name, tuple) or ())
 
 
 def _tags(field: bytes) -> dict[bytes, bytes]:
@@ -58,14 +53,10 @@ def _tags(field: bytes) -> dict[bytes, bytes]:
         return {}
 
 
-class DkimVerify(Check):
+class DkimVerify(InboundCheck):
     name = "dkim_verify"
 
-    def __init__(self, ctx: PolicyContext) -> None:
-        self.dns = for_config(ctx.cfg)
-
-    def prepare_data(self, session: Session, message: Message) -> None:
-        session.notes.pop(self.name, None)
+    def verify(self, session: Session, message: Message) -> tuple[DkimResult, ...]:
         signatures = [f for f in message.fields if f.split(b":", 1)[0].strip().lower() == b"dkim-signature"]
         results: list[DkimResult] = []
         if signatures:
@@ -76,7 +67,7 @@ class DkimVerify(Check):
             metrics.INBOUND_AUTH.labels("dkim", r.result).inc()
             log.info("dkim ip=%s d=%s s=%s: %s%s", session.client_ip, r.domain or "-", r.selector or "-", r.result,
                      f" ({r.reason})" if r.reason else "")
-        session.notes[self.name] = tuple(results)
+        return tuple(results)
 
     def _verify(self, verifier: dkim.DKIM, idx: int, tags: dict[bytes, bytes]) -> DkimResult:
         domain = tags.get(b"d", b"").decode("ascii", "replace").lower()

@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import metrics
 from appliance.policy.arc_verify import arc_of
-from appliance.policy.check import Check
 from appliance.policy.dkim_verify import DkimResult, dkim_of
-from appliance.policy.inbound_dns import DnsTempError, for_config
+from appliance.policy.inbound_dns import DnsTempError, InboundCheck, noted
 from appliance.policy.spf_verify import SpfResult, spf_of
 from appliance.policy.verdicts import DMARC_REJECT, DNS_TEMPFAIL, Verdict
 
@@ -60,8 +59,7 @@ class DmarcResult:
 
 
 def dmarc_of(session: Session) -> DmarcResult | None:
-    found = session.notes.get(DmarcVerify.name)
-    return found if isinstance(found, DmarcResult) else None
+    return noted(session, DmarcVerify.name, DmarcResult)
 
 
 @functools.cache
@@ -87,15 +85,14 @@ def _from_domain(message: Message) -> str:
     return addresses[0].rsplit("@", 1)[1].lower().rstrip(".") if addresses else ""
 
 
-class DmarcVerify(Check):
+class DmarcVerify(InboundCheck):
     name = "dmarc_verify"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        self.dns = for_config(ctx.cfg)
+        super().__init__(ctx)
         self.trusted_sealers = frozenset(ctx.cfg.relay.verify.arc_trusted_sealers)
 
-    def prepare_data(self, session: Session, message: Message) -> None:
-        session.notes.pop(self.name, None)
+    def verify(self, session: Session, message: Message) -> DmarcResult:
         from_domain = _from_domain(message)
         try:
             found = self._evaluate(from_domain, spf_of(session), dkim_of(session))
@@ -104,7 +101,7 @@ class DmarcVerify(Check):
         metrics.INBOUND_AUTH.labels("dmarc", found.result).inc()
         log.info("dmarc ip=%s from=%s: %s policy=%s%s", session.client_ip, found.header_from or "-", found.result,
                  found.policy or "-", f" ({found.reason})" if found.reason else "")
-        session.notes[self.name] = found
+        return found
 
     def _evaluate(self, from_domain: str, spf: SpfResult | None, dkims: list[DkimResult]) -> DmarcResult:
         """RFC 7489 6.6: policy discovery, then identifier alignment (3.1) of the passing results.

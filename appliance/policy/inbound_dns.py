@@ -6,6 +6,10 @@ Every library that evaluates a record (pyspf, dkimpy, authheaders) is given thes
 lookups instead of its own module-level resolver, through the hook each one offers:
 pyspf's ``DNSLookup``, dkimpy's and authheaders' ``dnsfunc``.
 
+``InboundCheck`` is the base of the checks that verify an outsider's message with these
+lookups (SPF, DKIM, ARC, DMARC): one resolver per configuration, and one result per
+message kept in ``session.notes`` under the check's name.
+
 A temporary failure (timeout, SERVFAIL, no nameserver answering) raises ``DnsTempError``
 out of every library, so a check can tell "the record says no" from "we could not ask"
 and answer ``451 4.4.3`` (RFC 7208 8.6, RFC 6376 6.1.2, RFC 7489 6.6.3) for the latter.
@@ -17,17 +21,23 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
 
+from appliance.policy.check import Check
+
 if TYPE_CHECKING:
     from appliance.config import ResolverConfig
+    from appliance.message import Message
+    from appliance.policy.pipeline import PolicyContext
+    from appliance.policy.session import Session
 
 CACHE_ENTRIES = 10_000  # answers kept (dnspython honours each answer's TTL)
 MAX_TXT = 10  # TXT records of one name looked at (a name with more is not a policy record)
@@ -163,3 +173,42 @@ def for_config(cfg: Any) -> InboundDns:
         dnsx = InboundDns(cfg.relay.resolver)
         _shared[id(cfg)] = (cfg, dnsx)
         return dnsx
+
+
+# --- the checks that use it ---------------------------------------------------------------------
+
+class InboundCheck(Check):
+    """A check of an outsider's message that needs DNS: ``verify`` runs in the pipeline's worker thread.
+
+    Its result is kept in ``session.notes`` under the check's name, where the check's own
+    ``on_data`` and the checks after it (DMARC reads SPF, DKIM and ARC) find it with ``noted``.
+    """
+
+    def __init__(self, ctx: PolicyContext) -> None:
+        self.dns = for_config(ctx.cfg)
+
+    def prepare_data(self, session: Session, message: Message) -> None:
+        # The previous transaction's result goes first: if verify raises, nothing stale is judged.
+        session.notes.pop(self.name, None)
+        session.notes[self.name] = self.verify(session, message)
+
+    def verify(self, session: Session, message: Message) -> object:
+        """The result for this message (may block on DNS, bounded by relay.resolver.timeout)."""
+        raise NotImplementedError
+
+
+_Result = TypeVar("_Result")
+
+
+def noted(session: Session, name: str, kind: type[_Result]) -> _Result | None:
+    """The result check NAME kept for this message, or None (it did not run, or failed unexpectedly)."""
+    found = session.notes.get(name)
+    return found if isinstance(found, kind) else None
+
+
+def quiet_dkimpy_log(name: str) -> logging.Logger:
+    """A logger for dkimpy, silenced: it logs every failed signature at ERROR, and those are
+    results this box reports (Authentication-Results), not errors."""
+    log = logging.getLogger(name)
+    log.setLevel(logging.CRITICAL)
+    return log

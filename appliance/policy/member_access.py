@@ -31,6 +31,10 @@ class MemberAccess(Check):
 
     def __init__(self, ctx: PolicyContext) -> None:
         self.verify = ctx.cfg.outsiders == "verify"
+        # The boxes of this fleet connect from their internal addresses (fleet.boxes.*.relay, docs/fleet.md
+        # "Home boxes"), which the registry need not list: they count as this box's own member.
+        self.own_member = ctx.cfg.box.member_id
+        self.fleet_hosts = frozenset(b.relay_hop()[0] for b in ctx.cfg.fleet.boxes.values())
 
     def on_connect(self, session: Session) -> Verdict | None:
         if session.listener != "mx":
@@ -39,6 +43,8 @@ class MemberAccess(Check):
             # Never fail open; a temporary refusal loses nothing.
             return REGISTRY_MISSING.verdict(self.name)
         member = session.registry.member_for_address(session.client_ip)
+        if member is None and session.client_ip in self.fleet_hosts:
+            member = session.registry.member(self.own_member)
         if member is None:
             if self.verify:
                 # Verified like any sender; an expired registry cannot make that less safe.

@@ -28,8 +28,6 @@ class BodyTap(Protocol):
 
 class Modifier:
     name = "modifier"
-    # Slow work (RSA): when it applies (``begin`` gave a tap), the stage runs in a worker thread.
-    blocking = False
 
     def begin(self, session: Session, message: Message, first_body: bytes) -> BodyTap | None:
         """The header fields are known (FIRST_BODY: the first body bytes); return a tap to see the body, or None."""
@@ -65,7 +63,6 @@ class AddMissingIds(Modifier):
 
 class DkimSign(Modifier):
     name = "dkim_sign"
-    blocking = True
 
     def __init__(self, signer: DkimSigner) -> None:
         self.signer = signer
@@ -112,13 +109,9 @@ class Run:
     def body_taps(self) -> list[BodyTap]:
         return [t for t in self.taps if t is not None]
 
-    @property
-    def blocking(self) -> bool:
-        """Whether ``finish()`` must run in a worker thread (else it is quick enough for the event loop)."""
-        return any(m.blocking and t is not None for m, t in zip(self.modifiers, self.taps, strict=True))
-
     def finish(self) -> bytes:
-        """Apply every modifier (in a worker thread if ``blocking``); the final header block."""
+        """Apply every modifier; the final header block. Called in the spool thread that commits the
+        message, after the last body byte went through the taps (DKIM's RSA never runs on the event loop)."""
         for m, tap in zip(self.modifiers, self.taps, strict=True):
             m.modify(self.session, self.message, tap)
         return self.message.header_block()

@@ -44,10 +44,12 @@ from appliance.policy import (
 )
 from appliance.policy.check import Check
 from appliance.policy.verdicts import INTERNAL_ERROR, Verdict
+from appliance.ratelimit.decisions import StateUnavailable
 
 if TYPE_CHECKING:
     from appliance.accounts import AccountStore
     from appliance.config import Config
+    from appliance.delivery.usage import UsageCache
     from appliance.message import Message
     from appliance.policy.session import Envelope, Session
 
@@ -58,6 +60,7 @@ log = logging.getLogger("appliance.policy")
 class PolicyContext:
     cfg: Config
     accounts: AccountStore
+    usage: UsageCache | None = None  # the relay's mailbox usage, shared with local delivery (quota)
 
 
 CheckFactory = Callable[[PolicyContext], Check]
@@ -108,6 +111,11 @@ class Pipeline:
         for check in self.checks:
             try:
                 verdict = call(check)
+            except StateUnavailable as exc:
+                # The fleet's shared limiter is unreachable (docs/fleet.md): temporary, counted and logged
+                # by the limiter (relay_shared_state_up), so no traceback per command.
+                log.info("check %s in %s: %s", check.name, stage, exc)
+                verdict = INTERNAL_ERROR.verdict(check.name)
             except Exception:
                 # A broken check must never turn into an accept or a 5xx.
                 log.exception("check %s failed in %s", check.name, stage)
@@ -131,10 +139,16 @@ class Pipeline:
         """Before ``data``: the checks' network lookups, in a worker thread (outsiders only, see Check)."""
         await self._prepare("data", session, lambda c: c.prepare_data(session, message))
 
-    async def _prepare(self, stage: str, session: Session, call: Callable[[Check], None]) -> None:
-        if not session.outsider:
-            return
+    async def prepare_rcpt(self, session: Session, recipient: str) -> None:
+        """Before ``rcpt``: the checks' reads of a local recipient's mailbox, in a worker thread (see Check)."""
+        if session.recipient_account is not None:
+            await self._in_thread("rcpt", lambda c: c.prepare_rcpt(session, recipient))
 
+    async def _prepare(self, stage: str, session: Session, call: Callable[[Check], None]) -> None:
+        if session.outsider:
+            await self._in_thread(stage, call)
+
+    async def _in_thread(self, stage: str, call: Callable[[Check], None]) -> None:
         def run_all() -> None:
             for check in self.checks:
                 try:

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from appliance.registry.model import Member, Registry
 
 Listener = Literal["mx", "submission", "submissions", "internal"]
-Protocol = Literal["smtp", "imap", "pop"]
+Protocol = Literal["smtp", "imap", "pop", "console"]  # console: web console logins (XAUTHCHECK only)
 
 
 @dataclass
@@ -39,9 +39,11 @@ class Session:
     # Checks run in the event loop and never touch the database: the protocol layer looks these
     # up in a worker thread just before the hook that needs them. ``account`` is re-read before
     # every MAIL (so a disable or a hold takes effect at once); ``recipient_owner`` is the account
-    # that RCPT's address belongs to (None: no such account), looked up before every RCPT.
+    # that RCPT's address belongs to (None: no such account), looked up before every RCPT, with
+    # ``recipient_account`` its record (for the mailbox quota).
     account: Account | None = None
     recipient_owner: str | None = None
+    recipient_account: Account | None = None
     sender: str | None = None  # current transaction's MAIL FROM ("" for the null sender)
     recipients: list[str] = field(default_factory=list)  # accepted RCPTs of the current transaction
     messages: int = 0  # messages accepted in this session

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 import spf
 
 from appliance import metrics
-from appliance.policy.check import Check
-from appliance.policy.inbound_dns import for_config, with_spf_resolver
+from appliance.policy.inbound_dns import InboundCheck, noted, with_spf_resolver
 
 if TYPE_CHECKING:
     from appliance.message import Message
@@ -39,19 +38,17 @@ class SpfResult:
 
 
 def spf_of(session: Session) -> SpfResult | None:
-    found = session.notes.get(SpfVerify.name)
-    return found if isinstance(found, SpfResult) else None
+    return noted(session, SpfVerify.name, SpfResult)
 
 
-class SpfVerify(Check):
+class SpfVerify(InboundCheck):
     name = "spf_verify"
 
     def __init__(self, ctx: PolicyContext) -> None:
-        self.dns = for_config(ctx.cfg)
+        super().__init__(ctx)
         self.receiver = ctx.cfg.box.hostname
 
-    def prepare_data(self, session: Session, message: Message) -> None:
-        session.notes.pop(self.name, None)
+    def verify(self, session: Session, message: Message) -> SpfResult:
         sender = session.sender or ""
         helo = session.helo or ""
         try:
@@ -69,4 +66,4 @@ class SpfVerify(Check):
         checked = sender or f"postmaster@{helo}"
         metrics.INBOUND_AUTH.labels("spf", result).inc()
         log.info("spf ip=%s %s=%s: %s (%s)", session.client_ip, identity, checked, result, reason)
-        session.notes[self.name] = SpfResult(result, identity, checked, helo, str(reason))
+        return SpfResult(result, identity, checked, helo, str(reason))

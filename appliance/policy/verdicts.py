@@ -69,7 +69,6 @@ XUSER_OK = Reply(250, "2.0.0", "{login}")
 XAUTHCHECK_OK = Reply(250, "2.0.0", "ok")
 XAUTHFAIL_OK = Reply(250, "2.0.0", "recorded")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-RESET_OK = Reply(250, "2.0.0", "Ok")
 BYE = Reply(221, "2.0.0", "Bye")
 
 # --- connection (greeting) ------------------------------------------------------------------
@@ -90,6 +89,8 @@ AUTH_BAD_MECH = Reply(504, "5.5.4", "Unrecognized authentication type (use PLAIN
 AUTH_SYNTAX = Reply(501, "5.5.2", "Cannot decode AUTH data")
 AUTH_ABORTED = Reply(501, "5.7.0", "Authentication aborted")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+# The shared accounts database is unreachable (issue 16 item 4): RFC 4954 6, a temporary failure.
+AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure: accounts unavailable, try again later")
 CLIENT_CERT_MISSING = Reply(530, "5.7.1", "Member {member} must present its pinned TLS client certificate (STARTTLS)")
 CLIENT_CERT_WRONG = Reply(554, "5.7.1", "TLS client certificate does not match member {member}'s pins", close=True)
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")

@@ -10,7 +10,7 @@ the same controls for people; ``appliance practice show`` prints this document.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,58 +22,59 @@ VERSION = "2026-1"
 # real third party can ever receive a probe's mail.
 PROBE_DOMAIN = "practice-probe.invalid"
 
-CONTROLS: list[dict[str, str]] = [
-    {"id": "no-open-relay", "kind": "outside", "probe": "open_relay",
-     "description": "Unauthenticated relaying to a foreign domain is refused, also through percent hacks, bang "
+# One row per control: (id, kind, probe, description, reference), the fields of ``Control``.
+_ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("no-open-relay", "outside", "open_relay",
+     "Unauthenticated relaying to a foreign domain is refused, also through percent hacks, bang "
      "paths, source routes and quoted local parts.",
-     "reference": "RFC 5321 3.6.2 and 7.1; RFC 2505 (anti-spam recommendations) 2.2"},
-    {"id": "no-smuggling", "kind": "outside", "probe": "smuggling",
-     "description": "A bare LF or bare CR around the end-of-data dot never ends DATA (no SMTP smuggling).",
-     "reference": "RFC 5321 2.3.8 and 4.1.1.4: only <CRLF>.<CRLF> ends the mail data"},
-    {"id": "starttls", "kind": "outside", "probe": "starttls",
-     "description": "STARTTLS is offered and works, and commands sent in plaintext after STARTTLS are never "
+     "RFC 5321 3.6.2 and 7.1; RFC 2505 (anti-spam recommendations) 2.2"),
+    ("no-smuggling", "outside", "smuggling",
+     "A bare LF or bare CR around the end-of-data dot never ends DATA (no SMTP smuggling).",
+     "RFC 5321 2.3.8 and 4.1.1.4: only <CRLF>.<CRLF> ends the mail data"),
+    ("starttls", "outside", "starttls",
+     "STARTTLS is offered and works, and commands sent in plaintext after STARTTLS are never "
      "executed inside the TLS session (command injection).",
-     "reference": "RFC 3207 4 and 4.2 (discard prior knowledge); CVE-2011-0411"},
-    {"id": "auth-tls-only", "kind": "outside", "probe": "auth_before_tls",
-     "description": "AUTH is neither advertised nor processed before TLS: no password crosses the wire in clear.",
-     "reference": "RFC 4954 4 and 14 (SHOULD NOT advertise plaintext mechanisms without TLS); RFC 8314 3"},
-    {"id": "forged-sender", "kind": "outside", "probe": "forged_sender",
-     "description": "Mail from outside claiming an envelope sender in the relay's own domains is refused.",
-     "reference": "consortium rule: a member's domains are only sent from its own relays (DESIGN.md); RFC 5321 7.1"},
-    {"id": "forged-from-auth", "kind": "outside", "probe": "forged_from",
-     "description": "An authenticated customer cannot use a From: address that is not theirs (needs the "
+     "RFC 3207 4 and 4.2 (discard prior knowledge); CVE-2011-0411"),
+    ("auth-tls-only", "outside", "auth_before_tls",
+     "AUTH is neither advertised nor processed before TLS: no password crosses the wire in clear.",
+     "RFC 4954 4 and 14 (SHOULD NOT advertise plaintext mechanisms without TLS); RFC 8314 3"),
+    ("forged-sender", "outside", "forged_sender",
+     "Mail from outside claiming an envelope sender in the relay's own domains is refused.",
+     "consortium rule: a member's domains are only sent from its own relays (DESIGN.md); RFC 5321 7.1"),
+    ("forged-from-auth", "outside", "forged_from",
+     "An authenticated customer cannot use a From: address that is not theirs (needs the "
      "candidate's test account).",
-     "reference": "RFC 6409 8.1 (the MSA MAY/SHOULD check the sender); RFC 7489 (DMARC rests on it)"},
-    {"id": "rate-limit", "kind": "outside", "probe": "rate_limit",
-     "description": "A concurrency limit engages at or below the code's bound of connections from one peer.",
-     "reference": "RFC 5321 4.5.3.2 (servers may limit resources); consortium rule: every peer is capped"},
-    {"id": "no-5xx-for-limits", "kind": "outside", "probe": "rate_limit",
-     "description": "A limit is answered with a temporary 4xx, never a permanent 5xx (the sender keeps the mail).",
-     "reference": "RFC 5321 4.2.1 (4yz: transient) and 4.5.3.2; RFC 3463 4.7.x"},
-    {"id": "tls-certificate", "kind": "outside", "probe": "starttls",
-     "description": "The relay's certificate is within its validity dates and its SPKI SHA-256 is a pin the "
+     "RFC 6409 8.1 (the MSA MAY/SHOULD check the sender); RFC 7489 (DMARC rests on it)"),
+    ("rate-limit", "outside", "rate_limit",
+     "A concurrency limit engages at or below the code's bound of connections from one peer.",
+     "RFC 5321 4.5.3.2 (servers may limit resources); consortium rule: every peer is capped"),
+    ("no-5xx-for-limits", "outside", "rate_limit",
+     "A limit is answered with a temporary 4xx, never a permanent 5xx (the sender keeps the mail).",
+     "RFC 5321 4.2.1 (4yz: transient) and 4.5.3.2; RFC 3463 4.7.x"),
+    ("tls-certificate", "outside", "starttls",
+     "The relay's certificate is within its validity dates and its SPKI SHA-256 is a pin the "
      "registry lists for this member.",
-     "reference": "RFC 5280 4.1.2.5 (validity); RFC 7469 2.4 (SPKI pins); RFC 7672 (DANE SMTP) 3.1"},
-    {"id": "abuse-mailbox", "kind": "outside", "probe": "abuse_mailbox",
-     "description": "abuse@ of the member's domain accepts mail.",
-     "reference": "RFC 2142 2 and 4 (abuse@ MUST be supported for an ISP's domains)"},
-    {"id": "limits-in-bounds", "kind": "inside", "probe": "limits",
-     "description": "The box's configured limits are within the code's bounds.",
-     "reference": "consortium rule: limits the other members can rely on"},
-    {"id": "dkim-published", "kind": "inside", "probe": "dkim",
-     "description": "The DKIM signing key loads and its public key is the one published in DNS at "
+     "RFC 5280 4.1.2.5 (validity); RFC 7469 2.4 (SPKI pins); RFC 7672 (DANE SMTP) 3.1"),
+    ("abuse-mailbox", "outside", "abuse_mailbox",
+     "abuse@ of the member's domain accepts mail.",
+     "RFC 2142 2 and 4 (abuse@ MUST be supported for an ISP's domains)"),
+    ("limits-in-bounds", "inside", "limits",
+     "The box's configured limits are within the code's bounds.",
+     "consortium rule: limits the other members can rely on"),
+    ("dkim-published", "inside", "dkim",
+     "The DKIM signing key loads and its public key is the one published in DNS at "
      "SELECTOR._domainkey.DOMAIN.",
-     "reference": "RFC 6376 3.6.2.1 and 6.1.2 (the verifier fetches the key from DNS)"},
-    {"id": "abuse-delivers", "kind": "inside", "probe": "abuse_delivery",
-     "description": "abuse@ of every domain of the box is an account or an alias, so mail to it is delivered.",
-     "reference": "RFC 2142 4"},
-    {"id": "registry-fresh", "kind": "inside", "probe": "registry",
-     "description": "The registry agent synced recently, has no alarm and the registry has not expired.",
-     "reference": "consortium rule: a stale registry admits suspended members"},
-    {"id": "tls-not-expiring", "kind": "inside", "probe": "tls_expiry",
-     "description": "The box's TLS certificate is valid for at least the code's minimum number of days.",
-     "reference": "RFC 5280 4.1.2.5; a member with an expired certificate cannot be reached (pinned TLS)"},
-]
+     "RFC 6376 3.6.2.1 and 6.1.2 (the verifier fetches the key from DNS)"),
+    ("abuse-delivers", "inside", "abuse_delivery",
+     "abuse@ of every domain of the box is an account or an alias, so mail to it is delivered.",
+     "RFC 2142 4"),
+    ("registry-fresh", "inside", "registry",
+     "The registry agent synced recently, has no alarm and the registry has not expired.",
+     "consortium rule: a stale registry admits suspended members"),
+    ("tls-not-expiring", "inside", "tls_expiry",
+     "The box's TLS certificate is valid for at least the code's minimum number of days.",
+     "RFC 5280 4.1.2.5; a member with an expired certificate cannot be reached (pinned TLS)"),
+)
 
 BOUNDS: dict[str, int | float] = {
     # rate-limit: the probe opens one more connection than this; at least one must get a 4xx.
@@ -102,6 +103,10 @@ class Control:
     probe: str
     description: str
     reference: str
+
+
+# The published document's controls: each row as a JSON object keyed by Control's field names.
+CONTROLS: list[dict[str, str]] = [dict(zip((f.name for f in fields(Control)), row, strict=True)) for row in _ROWS]
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,25 @@ def _envelope(w: Wire, sender: str, rcpt: str) -> tuple[Reply, Reply | None]:
     return m, w.cmd(f"RCPT TO:<{rcpt}>")
 
 
+def _envelope_session(t: Target, sender: str, rcpt: str) -> tuple[Reply, Reply | None]:
+    """A fresh session to T that ends at RCPT (then QUIT): the MAIL and RCPT replies of ``_envelope``."""
+    with t.wire() as w:
+        _ehlo(w)
+        replies = _envelope(w, sender, rcpt)
+        _quit(w)
+    return replies
+
+
+def _start_data(w: Wire, sender: str, rcpt: str, as_who: str = "") -> None:
+    """MAIL, RCPT and DATA up to the 354 go-ahead, or a WireError naming the step that was refused."""
+    m, r = _envelope(w, sender, rcpt)
+    if r is None or r.code // 100 != 2:
+        raise WireError(f"cannot reach DATA{as_who}: {(r or m).text}")
+    d = w.cmd("DATA")
+    if d.code != 354:
+        raise WireError(f"DATA: {d.text}")
+
+
 # --- open relay ---------------------------------------------------------------------------------
 
 def relay_recipients(code: Code, domain: str) -> list[tuple[str, str]]:
@@ -131,10 +150,7 @@ def open_relay(t: Target, code: Code) -> list[Result]:
     for what, rcpt in relay_recipients(code, t.domain):
         # One session per attempt: a refusal must not be the side effect of an earlier one.
         try:
-            with t.wire() as w:
-                _ehlo(w)
-                m, r = _envelope(w, _sender(code), rcpt)
-                _quit(w)
+            m, r = _envelope_session(t, _sender(code), rcpt)
         except WireError as exc:
             seen.append(f"{what}: {exc}")
             continue
@@ -158,12 +174,7 @@ def _smuggle(t: Target, code: Code, name: str, seq: bytes) -> tuple[bool, str]:
     """(ended DATA at SEQ, evidence). The session is dropped inside DATA: no message is completed."""
     with t.wire() as w:
         _ehlo(w)
-        m, r = _envelope(w, _sender(code), f"abuse@{t.domain}")
-        if r is None or r.code // 100 != 2:
-            raise WireError(f"cannot reach DATA: {(r or m).text}")
-        d = w.cmd("DATA")
-        if d.code != 354:
-            raise WireError(f"DATA: {d.text}")
+        _start_data(w, _sender(code), f"abuse@{t.domain}")
         w.send(b"From: <" + _sender(code).encode() + b">\r\nSubject: practice probe (smuggling)\r\n\r\n"
                b"smuggling test" + seq + b"MAIL FROM:<smuggled@" + code.probe_domain.encode() + b">\r\n")
         try:
@@ -280,10 +291,7 @@ def auth_before_tls(t: Target, code: Code) -> list[Result]:
 def forged_sender(t: Target, code: Code) -> list[Result]:
     forged = f"postmaster@{t.domain}"
     try:
-        with t.wire() as w:
-            _ehlo(w)
-            m, r = _envelope(w, forged, f"abuse@{t.domain}")
-            _quit(w)
+        m, r = _envelope_session(t, forged, f"abuse@{t.domain}")
     except WireError as exc:
         return [Result("forged-sender", FAIL, f"could not test: {exc}")]
     if r is not None and r.code // 100 == 2:
@@ -307,12 +315,7 @@ def forged_from(t: Target, code: Code) -> list[Result]:
             a = w.cmd("AUTH PLAIN " + base64.b64encode(f"\0{login}\0{password}".encode()).decode())
             if a.code != 235:
                 raise WireError(f"test account refused: {a.text}")
-            m, r = _envelope(w, login, f"abuse@{t.domain}")
-            if r is None or r.code // 100 != 2:
-                raise WireError(f"cannot reach DATA with the test account: {(r or m).text}")
-            d = w.cmd("DATA")
-            if d.code != 354:
-                raise WireError(f"DATA: {d.text}")
+            _start_data(w, login, f"abuse@{t.domain}", " with the test account")
             w.send(f"From: <{forged}>\r\nTo: <abuse@{t.domain}>\r\nSubject: practice probe (forged From:)\r\n"
                    "\r\nThis message tests that a forged From: is refused.\r\n.\r\n".encode())
             end = w.reply()
@@ -371,10 +374,7 @@ def rate_limit(t: Target, code: Code) -> list[Result]:
 def abuse_mailbox(t: Target, code: Code) -> list[Result]:
     rcpt = f"abuse@{t.domain}"
     try:
-        with t.wire() as w:
-            _ehlo(w)
-            m, r = _envelope(w, _sender(code), rcpt)
-            _quit(w)
+        m, r = _envelope_session(t, _sender(code), rcpt)
     except WireError as exc:
         return [Result("abuse-mailbox", FAIL, f"could not test: {exc}")]
     if r is not None and r.code // 100 == 2:

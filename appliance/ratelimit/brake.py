@@ -26,6 +26,7 @@ import concurrent.futures
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from appliance.accounts import AccountStore
 from appliance.config import AbuseBrakeConfig, Config
@@ -33,6 +34,9 @@ from appliance.ratelimit import metrics
 from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
 from appliance.ratelimit.notify import notify_postmaster
 from appliance.ratelimit.store import LimitStore
+
+if TYPE_CHECKING:
+    from appliance.ratelimit.shared import SharedBrakeWindow
 
 log = logging.getLogger("appliance.ratelimit")
 
@@ -62,8 +66,12 @@ class AbuseBrake:
         accounts: AccountStore,
         clock: Clock = SYSTEM_CLOCK,
         writer: concurrent.futures.Executor | None = None,
+        shared_window: SharedBrakeWindow | None = None,
     ) -> None:
         self.cfg = cfg
+        # `state.backend = "shared"`: the window lives in Redis, so what an account sends through every
+        # relay of the fleet is judged together (shared.SharedBrakeWindow); else in this process.
+        self.shared_window = shared_window
         # Where holds are written. The relay passes a single writer thread: a hold is a
         # SQLite write that may wait for the lock (``accounts.BUSY_TIMEOUT``), and the
         # brake is fed from the event loop. None: write in the caller's thread.
@@ -99,10 +107,16 @@ class AbuseBrake:
     def reset(self, account: str) -> None:
         """Forget ACCOUNT's window (also done on the next event after `appliance user release`)."""
         self._events.pop(account, None)
+        if self.shared_window is not None:
+            self.shared_window.forget(account)
 
     # --- judging --------------------------------------------------------------------------
 
-    def _window(self, account: str) -> deque[_Event]:
+    def _window(self, account: str, add: _Event | None = None) -> deque[_Event]:
+        if self.shared_window is not None:
+            return deque(self.shared_window.record(account, add, self.conf.window))
+        if add is not None:
+            self._events.setdefault(account, deque()).append(add)
         events = self._events.get(account)
         if events is None:
             return deque()
@@ -113,12 +127,11 @@ class AbuseBrake:
         return events
 
     def _record(self, account: str, event: _Event) -> str | None:
-        self._events.setdefault(account, deque()).append(event)
-        t = self.tally(account)
+        events = list(self._window(account, event))  # a copy: the writer thread must not share the deque
+        t = Tally(sum(e.new for e in events), sum(e.accepted for e in events), sum(e.rejected for e in events))
         reason = self._judge(t)
         if reason is None:
             return None
-        events = list(self._window(account))  # a copy: the writer thread must not share the deque
         if self.writer is None:
             self._hold(account, events)
         else:
@@ -142,7 +155,12 @@ class AbuseBrake:
             self.store.flush(RESET_CHECK_TIMEOUT)
         except (TimeoutError, concurrent.futures.TimeoutError) as exc:  # judge on what is known
             log.warning("abuse brake: could not check for a release of account=%s: %s", account, exc)
-        reset = self.store.brake_reset_at(account)
+        try:
+            reset = self.store.brake_reset_at(account)
+        except Exception as exc:  # the shared limiter's Redis is down: the next event judges again
+            log.error("abuse brake: could not check for a release of account=%s: %s", account, exc)
+            metrics.BRAKE_HOLD_ERRORS.inc()
+            return
         kept = [e for e in events if e.at >= reset]
         t = Tally(sum(e.new for e in kept), sum(e.accepted for e in kept), sum(e.rejected for e in kept))
         reason = self._judge(t)
@@ -203,5 +221,17 @@ def release(cfg: Config, accounts: AccountStore, address: str, clock: Clock = SY
     from appliance.addresses import normalize_address
     from appliance.ratelimit.store import limits_db, mark_brake_reset
 
+    if cfg.state.backend == "shared":  # the fleet's relays read releases from Redis (docs/fleet.md)
+        from appliance.ratelimit.shared import RedisState, SharedLimitStore
+
+        # The reset first: if Redis is down the command fails (StateUnavailable) with the hold still
+        # in place, rather than lifting it while the events that tripped it still count.
+        state = RedisState(cfg)
+        try:
+            SharedLimitStore(state).mark_brake_reset(normalize_address(address), clock.time())
+        finally:
+            state.close()
+        accounts.release(address)
+        return
     accounts.release(address)
     mark_brake_reset(limits_db(cfg), normalize_address(address), clock.time())

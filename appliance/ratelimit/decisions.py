@@ -38,3 +38,8 @@ class Limited:
 
     def log_fields(self) -> str:
         return f"limit={self.kind} key={self.key} limit_value={self.limit!r} retry_after={self.retry_after:.3f}"
+
+
+class StateUnavailable(Exception):
+    """The shared limiter's Redis cannot be reached or failed (``state.backend = "shared"``, shared.py):
+    the decision cannot be made, and the client gets ``451 4.3.0``."""

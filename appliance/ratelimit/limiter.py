@@ -72,6 +72,11 @@ class Limiter:
 
     @classmethod
     def open(cls, cfg: Config, clock: Clock = SYSTEM_CLOCK) -> Limiter:
+        """The box's limiter: in-process and SQLite (`state.backend = "local"`), or Redis (`"shared"`)."""
+        if cfg.state.backend == "shared":
+            from appliance.ratelimit.shared_limiter import SharedLimiter
+
+            return SharedLimiter.open_shared(cfg, clock)
         return cls(cfg, LimitStore(limits_db(cfg), clock.time), clock)
 
     def close(self) -> None:
@@ -170,11 +175,14 @@ class Limiter:
     def _account_bucket(self, login: str, addr: str) -> tuple[str, Rate, str]:
         account = _login_name(login)
         window = self.limits.auth_failure_window
-        if self.store.knows_login_address(account, addr, self.clock.time()):
+        if self._knows_address(account, addr):
             n = self.limits.auth_failures_per_account_known
             return f"authknown:{account}", Rate(n * 60.0 / window, n), f"{n} per {window}s from known addresses"
         n = self.limits.auth_failures_per_account_new
         return f"authnew:{account}", Rate(n * 60.0 / window, n), f"{n} per {window}s from new addresses"
+
+    def _knows_address(self, account: str, addr: str) -> bool:
+        return self.store.knows_login_address(account, addr, self.clock.time())
 
     def _auth_desc(self) -> str:
         return f"{self.limits.auth_failures_per_ip} per {self.limits.auth_failure_window}s"

@@ -37,8 +37,11 @@ class Pacer:
         cfg: Config,
         clock: Clock = SYSTEM_CLOCK,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        gcra: Gcra | None = None,
     ) -> None:
-        self._gcra = Gcra(clock.monotonic)
+        # GCRA: this box's own, or the fleet's (shared_limiter.FallbackGcra over Redis) so that two relays
+        # together keep to a destination member's published rate.
+        self._gcra = gcra if gcra is not None else Gcra(clock.monotonic)
         self._default = Rate(cfg.limits.member_default_per_minute, cfg.limits.member_default_burst)
         self._concurrency = cfg.relay.destination_concurrency
         self._domains: dict[str, asyncio.Semaphore] = {}

@@ -10,13 +10,19 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from appliance.accounts import AccountStore
+from appliance.accounts import AccountStore, open_accounts
 from appliance.config import Config
 from appliance.ratelimit.brake import AbuseBrake
 from appliance.ratelimit.clock import SYSTEM_CLOCK, Clock
+from appliance.ratelimit.gcra import Gcra
 from appliance.ratelimit.limiter import Limiter
 from appliance.ratelimit.pacer import Pacer
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
+    from appliance.ratelimit.shared import SharedBrakeWindow
 
 
 class LazyAccounts:
@@ -24,11 +30,11 @@ class LazyAccounts:
 
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
-        self._store: AccountStore | None = None
+        self._store: AccountStore | PgAccountStore | None = None
 
     def hold(self, address: str, reason: str) -> bool:
         if self._store is None:
-            self._store = AccountStore(self._cfg.paths.accounts_db)
+            self._store = open_accounts(self._cfg)  # SQLite or the fleet's PostgreSQL (state.backend)
         return self._store.hold(address, reason)
 
     def close(self) -> None:
@@ -64,8 +70,31 @@ def build(cfg: Config, clock: Clock = SYSTEM_CLOCK) -> LimitRuntime:
     # write lock there, never in the relay's event loop.
     accounts = LazyAccounts(cfg)
     writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="brake-writer")
-    brake = AbuseBrake(cfg, limiter.store, accounts, clock, writer=writer)  # type: ignore[arg-type]
-    return LimitRuntime(cfg, limiter, brake, Pacer(cfg, clock), accounts, writer)
+    brake = AbuseBrake(cfg, limiter.store, accounts, clock, writer=writer,  # type: ignore[arg-type]
+                       shared_window=_brake_window(limiter, clock))
+    return LimitRuntime(cfg, limiter, brake, Pacer(cfg, clock, gcra=_pacer_gcra(limiter, clock)), accounts, writer)
+
+
+def _brake_window(limiter: Limiter, clock: Clock) -> SharedBrakeWindow | None:
+    """The fleet's abuse-brake window when the limiter is shared, else None (the brake's own memory)."""
+    if limiter.cfg.state.backend != "shared":
+        return None
+    from appliance.ratelimit.shared import SharedBrakeWindow
+    from appliance.ratelimit.shared_limiter import SharedLimiter
+
+    assert isinstance(limiter, SharedLimiter)
+    return SharedBrakeWindow(limiter.state, clock.time)
+
+
+def _pacer_gcra(limiter: Limiter, clock: Clock) -> Gcra | None:
+    """The fleet's pacing table when the limiter is shared (docs/fleet.md), else None (the pacer's own)."""
+    if limiter.cfg.state.backend != "shared":
+        return None
+    from appliance.ratelimit.shared import SharedGcra
+    from appliance.ratelimit.shared_limiter import FallbackGcra, SharedLimiter
+
+    assert isinstance(limiter, SharedLimiter)
+    return FallbackGcra(SharedGcra(limiter.state, "pace", clock.time), Gcra(clock.monotonic))  # type: ignore[return-value]
 
 
 def for_config(cfg: Config) -> LimitRuntime:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from appliance.config import Config
 from appliance.ratelimit import metrics
+from appliance.sqlite_wal import enable_wal
 
 log = logging.getLogger("appliance.ratelimit")
 
@@ -107,7 +108,7 @@ def _connect(path: Path, timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(db)
         # NORMAL in WAL mode: a committed batch survives a process crash; only an
         # OS crash may lose the last few batches.
         db.execute("PRAGMA synchronous=NORMAL")

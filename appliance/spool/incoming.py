@@ -2,11 +2,13 @@
 
 ``Spool.begin()`` hands out an ``Incoming``: the relay writes the body to it
 while DATA is still arriving (``write()``, buffered, written by a spool thread),
-then ``commit(header_block)`` writes the final header fields after the body,
-the fixed-width first line at offset 0, fsyncs the file **once**, and renames it
-into ``queue/``. The file was pre-created in ``incoming/`` and that directory
-fsynced long before (``Precreated``), so the fsync of the file is the only
-journal commit a 250 waits for. Why that is durable: docs/spool.md
+then ``commit(make_header_block)`` writes the rest of the body and the final
+header fields after it (all in one spool-thread call, so a small message costs
+the event loop one thread hand-off), the fixed-width first line at offset 0,
+fsyncs the file **once**, and renames it into ``queue/``. The file was
+pre-created in ``incoming/`` and that directory fsynced long before
+(``Precreated``), so the fsync of the file is the only journal commit a 250
+waits for. Why that is durable: docs/spool.md
 "Pre-created files".
 """
 
@@ -115,6 +117,7 @@ class Incoming:
         self._sha = hashlib.sha256()
         self._taps: list[Callable[[bytes], None]] = []
         self._finished = False
+        self.header_size = 0  # of the committed header block
 
     @property
     def id(self) -> str:
@@ -175,7 +178,10 @@ class Incoming:
             view = view[os.write(self._fd, view):]
 
     def iter_body(self, block: int = READ_BLOCK) -> Iterator[bytes]:
-        """The body as written so far (call ``flush()`` first), read back from the file in blocks (blocking)."""
+        """The body received so far, read back from the file in blocks (blocking: a worker thread's,
+        while the event loop awaits it, so nothing is appended meanwhile). Writes what is buffered first."""
+        if self._pending:
+            self._flush_sync()
         if self._fd is None:
             return
         pos, end = PREFIX2_LEN + len(self._env), PREFIX2_LEN + len(self._env) + self._written
@@ -186,17 +192,21 @@ class Incoming:
             pos += len(chunk)
             yield chunk
 
-    async def commit(self, header_block: bytes) -> str:
-        """Make the message durable with one fsync and move it into queue/; return its queue id."""
-        await self._run(self._commit_sync, header_block)
+    async def commit(self, make_header_block: Callable[[], bytes]) -> str:
+        """Write what is buffered, then MAKE_HEADER_BLOCK()'s header block (called in the spool thread once
+        every body byte went through the taps: a DKIM signature needs the body hash); make the message
+        durable with one fsync and move it into queue/; return its queue id."""
+        await self._run(self._commit_sync, make_header_block)
         self.spool.committed(self.head)
         return self.head.id
 
-    def _commit_sync(self, header_block: bytes) -> None:
+    def _commit_sync(self, make_header_block: Callable[[], bytes]) -> None:
         self._flush_sync()
         fd = self._fd
         assert fd is not None
         try:
+            header_block = make_header_block()
+            self.header_size = len(header_block)
             self.spool.check_room(len(header_block))
             self._write_all(header_block)
             self._sha.update(header_block)

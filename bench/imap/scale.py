@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.imap.scale [--messages 100000] [--idle-sessions 200] [--idle-seconds 60]
     make bench-imap BENCH_IMAP_ARGS="--messages 2000"      # smoke run
+    .venv/bin/python -m bench.imap.scale --prepare DIR      # write the mailboxes ahead of a quiet window,
+    .venv/bin/python -m bench.imap.scale --prebuilt DIR     # then measure with them (same options)
 
 Both servers get an INBOX of --messages messages of about 3 KB, a third \\Seen, written
 straight into Maildir (bench/imap/corpus.py: the same bytes and file names for both, UIDs in
@@ -22,6 +24,10 @@ certificate), each server in turn is measured:
   address; every one of these users has the same --messages INBOX (hard links);
 - RSS with those sessions open (the access process and its children; Dovecot's imap processes).
 
+UID SEARCH UNSEEN is checked for its count and, at the end (untimed), for being the same
+messages on both servers: their Message-IDs are compared (the UIDs may differ: each server
+numbers files it did not write in its own order).
+
 Timed rows are the median of --rounds unless named otherwise. The table has Dovecot, the box
 and box/Dovecot (above 1 means the box is slower or bigger). The 1-min load average is printed
 at the start; above 1 the figures are marked not reportable (a shared machine distorts them).
@@ -37,6 +43,8 @@ import argparse
 import imaplib
 import json
 import math
+import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -100,6 +108,8 @@ class Target:
     results: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # wrong answers, failed sessions: the run is not valid
+    unseen: list[int] | None = None  # the UIDs UID SEARCH UNSEEN answered
+    unseen_ids: set[bytes] | None = None  # their Message-IDs: both servers must name the same messages
 
 
 def connect(t: Target, box: Box, user: str, timeout: float, source: str = "127.0.0.1") -> Client:
@@ -164,6 +174,7 @@ def measure_operations(t: Target, box: Box, n: int, rounds: int, timeout: float)
     unseen = sum(1 for i in range(n) if not corpus.seen(i))
     found = len(data[0].split()) if isinstance(data, list) and data and data[0] else 0  # type: ignore[union-attr]
     check(t, "UID SEARCH UNSEEN", found == unseen, f"{found} UIDs, expected {unseen}")
+    t.unseen = [int(u) for u in data[0].split()] if found else []  # type: ignore[union-attr]
 
     page = f"{max(1, n - 19)}:{n}"
     r["ENVELOPE page of 20 (first)"], data = timed(lambda: ok(m.fetch(page, "(UID ENVELOPE FLAGS)"), "FETCH"))
@@ -213,6 +224,18 @@ def measure_operations(t: Target, box: Box, n: int, rounds: int, timeout: float)
     if extra:
         t.notes.append(f"{t.name}: the new message needed up to {extra + 1} NOOPs to show up")
     m.logout()
+
+
+def message_ids(m: Client, uids: set[int]) -> set[bytes]:
+    """The Message-IDs of UIDS in the selected mailbox."""
+    data = ok(m.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"), "FETCH Message-ID")
+    out = set()
+    for item in data:
+        if isinstance(item, tuple):
+            found = re.search(rb"UID (\d+)", item[0])
+            if found and int(found.group(1)) in uids:
+                out.add(item[1].split(b":", 1)[1].strip())
+    return out
 
 
 @dataclass
@@ -335,6 +358,12 @@ def main() -> int:
     ap.add_argument("--op-timeout", type=float, default=900, help="seconds any one IMAP command may take")
     ap.add_argument("--build-timeout", type=float, default=1800, help="seconds for writing the mailboxes")
     ap.add_argument("--only", choices=("box", "dovecot"), help="measure one server only")
+    ap.add_argument("--no-message-check", action="store_true",
+                    help="skip the untimed Message-ID comparison of UID SEARCH UNSEEN (a minute at 100,000)")
+    ap.add_argument("--prepare", type=Path, metavar="DIR",
+                    help="only write the mailboxes into DIR (before a quiet window) for one later --prebuilt run")
+    ap.add_argument("--prebuilt", type=Path, metavar="DIR",
+                    help="move in the mailboxes --prepare wrote to DIR (same options; DIR is used up)")
     args = ap.parse_args()
     if args.messages < 20 or args.idle_users < 1 or args.idle_sessions < 0:
         ap.error("--messages must be at least 20, --idle-users at least 1")
@@ -343,6 +372,16 @@ def main() -> int:
     if args.idle_users > 250:
         ap.error("--idle-users: at most 250 (one loopback address each, 127.0.1.1-250)")
     imaplib._MAXLINE = 50_000_000  # a SEARCH of 100,000 UIDs is one long line
+    idle_users = [f"idle{i:02d}@{DOMAIN}" for i in range(1, args.idle_users + 1)] if args.idle_sessions else []
+    spec = {"messages": args.messages, "users": [USER, *idle_users]}
+    if args.prepare is not None:
+        sec, _ = timed(lambda: prepare(args.prepare, spec, args.only))
+        print(f"mailboxes written into {args.prepare} in {sec:.1f} s", flush=True)
+        return 0
+    if args.prebuilt is not None:
+        have = json.loads((args.prebuilt / "spec.json").read_text())
+        if have != spec:
+            ap.error(f"--prebuilt {args.prebuilt} holds {have}, not {spec}: run --prepare with the same options")
 
     load = procstat.load_average()
     started = time.monotonic()
@@ -350,7 +389,6 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-imap-scale-"))
     box = make_box(tmp)
     _tune(box)
-    idle_users = [f"idle{i:02d}@{DOMAIN}" for i in range(1, args.idle_users + 1)] if args.idle_sessions else []
     for address in [USER, *idle_users]:
         box.add_user(address.split("@")[0], PASSWORD)
     # Dovecot verifies the very hash the appliance stores: logins compare servers, not schemes.
@@ -362,8 +400,12 @@ def main() -> int:
                      lambda: _named(dv, "imap"), lambda: _named(dv, "imap-login"))
     deadline = time.monotonic() + args.build_timeout
     try:
-        sec, _ = timed(lambda: _build(dv, box, idle_users, args.messages, deadline, args.only))
-        print(f"mailboxes written in {sec:.1f} s", flush=True)
+        if args.prebuilt is not None:
+            sec, _ = timed(lambda: _move_in(args.prebuilt, dv, box, [USER, *idle_users], args.only))
+            print(f"prebuilt mailboxes moved in from {args.prebuilt} in {sec:.1f} s", flush=True)
+        else:
+            sec, _ = timed(lambda: _build(dv, box, idle_users, args.messages, deadline, args.only))
+            print(f"mailboxes written in {sec:.1f} s", flush=True)
         box.up()
         pid = access_pid(box)
         boxt = Target("box", box.host("imap"), box.port("imap"), box.maildir, None, lambda: procstat.tree(pid),
@@ -376,10 +418,28 @@ def main() -> int:
                 sec, _ = timed(lambda t=t: measure_idle(t, box, idle_users, args.idle_sessions, args.idle_seconds,
                                                         args.op_timeout))
                 print(f"{t.name}: IDLE measured in {sec:.1f} s", flush=True)
+        for t in targets:
+            # Untimed, after the RSS row: it reads every message's header.
+            if t.unseen is not None and not args.no_message_check:
+                m = connect(t, box, USER, args.op_timeout)
+                ok(m.select("INBOX"), "SELECT")
+                t.unseen_ids = message_ids(m, set(t.unseen))
+                m.logout()
     finally:
         dv.stop()
         box.down()
         shutil.rmtree(tmp, ignore_errors=True)
+    if dovecot.unseen_ids is not None and boxt.unseen_ids is not None:
+        # The same messages (by Message-ID), not just as many. The UIDs themselves may differ: each
+        # server numbers the files of a Maildir it did not write in its own order.
+        same_uids = "the same UIDs" if dovecot.unseen == boxt.unseen else "in each server's own UIDs"
+        if dovecot.unseen_ids == boxt.unseen_ids:
+            boxt.notes.append(f"UID SEARCH UNSEEN: both servers answered the same {len(boxt.unseen_ids):,} "
+                              f"messages (Message-IDs compared; {same_uids})")
+        else:
+            diff = sorted(dovecot.unseen_ids ^ boxt.unseen_ids)
+            boxt.problems.append(f"UID SEARCH UNSEEN: the servers' answers differ in {len(diff)} messages, "
+                                 f"e.g. {diff[:3]}")
     end_load = procstat.load_average()
     print(f"\n{args.messages:,} messages; load average at start {load[0]:.2f}, at the end {end_load[0]:.2f}; "
           f"whole run {time.monotonic() - started:.0f} s")
@@ -415,6 +475,32 @@ def _build(dv: Dovecot, box: Box, idle_users: list[str], n: int, deadline: float
             corpus.link_copy(files, inbox(user), owner)
             if time.monotonic() > deadline:
                 raise TimeoutError("writing the mailboxes took longer than --build-timeout")
+
+
+def prepare(out: Path, spec: dict, only: str | None) -> None:
+    """Every user's INBOX for both servers under OUT/<server>/<login>/ (what _build writes in a run)."""
+    out.mkdir(parents=True, exist_ok=False)
+    for owner, who in ((NOBODY, "dovecot"), (None, "box")):
+        if only not in (None, who):
+            continue
+        first, *rest = spec["users"]
+        files = corpus.build(out / who / first, spec["messages"], owner)
+        for user in rest:
+            corpus.link_copy(files, out / who / user, owner)
+    (out / "spec.json").write_text(json.dumps(spec))
+
+
+def _move_in(src: Path, dv: Dovecot, box: Box, users: list[str], only: str | None) -> None:
+    """Rename --prepare's cur/ directories into the servers' empty INBOXes (one file system: instant)."""
+    for owner, inbox, who in ((NOBODY, dv.maildir, "dovecot"), (None, box.maildir, "box")):
+        if only not in (None, who):
+            continue
+        for user in users:
+            corpus.maildir_dirs(inbox(user), owner)
+            if any((inbox(user) / "cur").iterdir()):
+                raise RuntimeError(f"{inbox(user)}/cur is not empty")
+            os.rename(src / who / user / "cur", inbox(user) / "cur")
+    shutil.rmtree(src)
 
 
 if __name__ == "__main__":

@@ -9,31 +9,14 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import reactor
-from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.internet.protocol import Factory
 from twisted.python import log
-from zope.interface import implementer
 
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
 from services.access.backend import Backend
 from services.access.imap import IMAPConnection, metrics
 from services.access.pop3 import POP3Server
-
-
-@implementer(IOpenSSLContextFactory)
-class TLSContext:
-    """An old-style context factory (getContext) with the box certificate, TLS 1.2 or newer."""
-
-    def __init__(self, cert: str, key: str) -> None:
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.use_certificate_chain_file(cert)
-        ctx.use_privatekey_file(key)
-        ctx.check_privatekey()
-        self._ctx = ctx
-
-    def getContext(self) -> SSL.Context:
-        return self._ctx
+from services.twisted_tls import TLSContext
 
 
 def listen(cfg: Config, backend: Backend) -> list[Any]:

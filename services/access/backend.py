@@ -7,15 +7,25 @@ pool so one slow login never stalls other sessions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer, threads
+from twisted.python import log
 
-from appliance.accounts import Account, AccountStore
+from appliance.accounts import Account, AccountStore, AccountsUnavailable, open_accounts
 from appliance.config import Config
 from appliance.mailstore import MailStore, account_maildir, open_store
 from appliance.mailstore.quota import limits_for
 from appliance.submitclient import EnvelopeError, Reply, SubmitClient, envelope
 from services.access.conncaps import ConnectionCaps
+
+if TYPE_CHECKING:
+    from appliance.accounts_pg import PgAccountStore
+
+
+# What a client is told while the accounts database is unreachable (not why: that is for the log).
+# 4.3.0, not 4.7.x: a system fault, so IMAP says [UNAVAILABLE] and not [LIMIT] (Reply.imap_code).
+ACCOUNTS_UNAVAILABLE = Reply(451, "Accounts temporarily unavailable, try again later", "4.3.0")
 
 
 class LoginRefused(Exception):
@@ -33,7 +43,7 @@ class LoginUnavailable(Exception):
 @dataclass
 class Backend:
     cfg: Config
-    accounts: AccountStore
+    accounts: AccountStore | PgAccountStore  # state.backend's store (appliance.accounts.open_accounts)
     submit: SubmitClient
     # The process's one set of IMAP/POP connection counts (services/access/conncaps.py).
     caps: ConnectionCaps = field(init=False)
@@ -43,7 +53,7 @@ class Backend:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Backend:
-        return cls(cfg, AccountStore(cfg.paths.accounts_db), SubmitClient(cfg.paths.internal_socket))
+        return cls(cfg, open_accounts(cfg), SubmitClient(cfg.paths.internal_socket))
 
     def mailstore(self, address: str) -> MailStore:
         """Blocking. The account's shared store (a bounded LRU per process), with its quota limits."""
@@ -68,7 +78,13 @@ class Backend:
         check: Reply = yield threads.deferToThread(self.submit.auth_check, client_ip, user, protocol)
         if not check.ok:
             raise LoginUnavailable(check)
-        account: Account | None = yield threads.deferToThread(self.accounts.authenticate, user, password)
+        try:
+            account: Account | None = yield threads.deferToThread(self.accounts.authenticate, user, password)
+        except AccountsUnavailable as exc:
+            # The shared accounts database is down (issue 16 item 4): temporary, never "wrong password";
+            # IMAP answers NO [UNAVAILABLE] (RFC 5530 3), POP3 -ERR [SYS/TEMP] (RFC 3206 4).
+            log.msg(f"{protocol} login of {user[:100]!r}: {exc}")
+            raise LoginUnavailable(ACCOUNTS_UNAVAILABLE) from None
         if account is None:
             fail: Reply = yield threads.deferToThread(self.submit.auth_fail, client_ip, user, protocol)
             if not fail.ok and fail.code != 421:

@@ -39,6 +39,11 @@ The caps (``appliance/config.py``, ``docs/configuration.md``):
   second POP3 session of the account gets ``-ERR [IN-USE]`` anyway), so a POP3-only
   cap would never bind, and one customer's total from one address stays bounded.
 
+A connection from a box of the fleet that proxies a customer is counted under the customer's
+address its IMAP ``ID x-originating-ip`` gives (``IMAPConnection.proxied_for`` moves the pre-login
+lease; docs/fleet.md "The client's address at the home box"), or its POP3 ``XCLIENT ADDR``
+(services/access/pop3/xclient.py).
+
 Keys, refusal decisions (``Limited`` of kind ``connections``) and the log line
 format are the relay limiter's (``appliance.ratelimit``), so one grep finds every
 refusal of the box; a concurrency count needs no shared state with the relay

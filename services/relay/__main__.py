@@ -32,7 +32,7 @@ async def serve(cfg: Config) -> int:
     try:
         app = RelayApp(cfg)
         await app.start()
-    except (StartupError, TlsSetupError) as exc:
+    except (StartupError, TlsSetupError, ConfigError) as exc:  # ConfigError: e.g. state.redis_password_file
         print(f"relay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except (OSError, sqlite3.Error) as exc:

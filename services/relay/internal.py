@@ -11,7 +11,10 @@ peer uid (SO_PEERCRED) must be allowed (policy/internal_peer.py):
   after a right one: the limiter's AUTH accounting for IMAP/POP logins, shared
   with SMTP AUTH (per client address, and per account when LOGIN is given;
   XAUTHOK teaches the account's known addresses). LOGIN is xtext (RFC 3461 4),
-  as in MAIL FROM's AUTH= parameter, so any login fits in one word.
+  as in MAIL FROM's AUTH= parameter, so any login fits in one word. The web
+  console's admin and customer logins use these three verbs too (protocol
+  CONSOLE), so they are labelled as theirs in the limiter's log and metrics;
+  XUSER knows no CONSOLE: the console never submits mail.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from services.relay.smtp import RelaySMTP
 if TYPE_CHECKING:
     from services.relay.app import RelayApp
 
-PROTOCOLS = {"IMAP": "imap", "POP": "pop", "POP3": "pop", "SMTP": "smtp"}
+PROTOCOLS = {"IMAP": "imap", "POP": "pop", "POP3": "pop", "SMTP": "smtp"}  # XUSER: who may submit
+AUTH_PROTOCOLS = {**PROTOCOLS, "CONSOLE": "console"}  # XAUTHCHECK/XAUTHFAIL/XAUTHOK: who may log in
 
 
 def _ip(text: str) -> str | None:
@@ -76,7 +80,7 @@ class InternalSMTP(RelaySMTP):
 
     @staticmethod
     def _probe(arg: str | None) -> tuple[PolicySession, str | None] | None:
-        """A session standing for the IMAP/POP client at the given address, and the login if given."""
+        """A session standing for the IMAP/POP/console client at the given address, and the login if given."""
         parts = (arg or "").split()
         login: str | None = None
         if parts and parts[-1].upper().startswith("LOGIN="):
@@ -86,7 +90,7 @@ class InternalSMTP(RelaySMTP):
         ip = _ip(parts[0]) if parts and len(parts) <= 2 else None
         if ip is None:
             return None
-        proto = PROTOCOLS.get(parts[1].upper(), "imap") if len(parts) == 2 else "imap"
+        proto = AUTH_PROTOCOLS.get(parts[1].upper(), "imap") if len(parts) == 2 else "imap"
         return PolicySession(listener="internal", client_ip=ip, protocol=proto), login  # type: ignore[arg-type]
 
     async def smtp_XAUTHCHECK(self, arg: str | None) -> None:

@@ -36,6 +36,7 @@ import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 
 from appliance import metrics
+from appliance.accounts import AccountsUnavailable
 from appliance.addresses import AddressError, normalize_address
 from appliance.policy.session import Session as PolicySession
 from appliance.policy.verdicts import (
@@ -46,6 +47,7 @@ from appliance.policy.verdicts import (
     AUTH_NOT_OFFERED,
     AUTH_OK,
     AUTH_SYNTAX,
+    AUTH_UNAVAILABLE,
     INTERNAL_ERROR,
     NEED_RCPT,
     RECIPIENT_OK,
@@ -289,7 +291,10 @@ class RelaySMTP(SMTP):
             await self.reply(TLS_NOT_AVAILABLE.verdict())
             return
         member = self.psession.member if self.psession else None
-        if member is not None and member.pins():
+        # A fleet's boxes are known by their client certificates' pins (fleet.boxes.*.spki_sha256,
+        # docs/fleet.md "Home boxes"): with a fleet, every port-25 client is asked for one.
+        fleet = self.listener == "mx" and bool(self.app.cfg.fleet.box_pins())
+        if (member is not None and member.pins()) or fleet:
             # Ask this member for its client certificate (any certificate is accepted
             # in the handshake; its pin is checked before MAIL). Others are not asked.
             self.tls_context = self.app.tls_client_cert  # type: ignore[assignment]
@@ -334,7 +339,13 @@ class RelaySMTP(SMTP):
             metrics.AUTH.labels("refused").inc()
             await self.reply(verdict)
             return
-        account = await self.app.authenticate(login, password)
+        try:
+            account = await self.app.authenticate(login, password)
+        except AccountsUnavailable as exc:  # shared accounts database down: temporary, not a failed login
+            log.warning("AUTH unavailable ip=%s login=%r: %s", ps.client_ip, login[:100], exc)
+            metrics.AUTH.labels("unavailable").inc()
+            await self.reply(AUTH_UNAVAILABLE.verdict())
+            return
         ok = account is not None
         metrics.AUTH.labels("ok" if ok else "failed").inc()
         verdict = self.app.pipeline.auth(ps, login, ok)
@@ -492,6 +503,9 @@ class RelayHandler:
         if isinstance(error, ConnectionError):
             log.info("connection error: %s", error)
             return INTERNAL_ERROR.reply()
+        if isinstance(error, AccountsUnavailable):  # shared accounts database down: 451, no traceback
+            log.warning("SMTP session: %s", error)
+            return INTERNAL_ERROR.reply()
         log.error("SMTP session exception", exc_info=error)
         metrics.INTERNAL_ERRORS.labels("session").inc()
         return INTERNAL_ERROR.reply()
@@ -539,14 +553,23 @@ class RelayHandler:
         ps.sender = normalized
         return SENDER_OK.reply()
 
+    def _recipient(self, address: str) -> tuple[str | None, Any]:
+        """The owner of ADDRESS and the owner's account (the quota check reads it); blocking."""
+        owner = self.app.accounts.owner_of(address)
+        return owner, (self.app.accounts.get(owner) if owner else None)
+
     async def handle_RCPT(self, server: RelaySMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         ps = server.psession
         assert ps is not None
         try:
-            ps.recipient_owner = await self.app.read_accounts(self.app.accounts.owner_of, normalize_address(address))
+            # Off the event loop (the accounts may be a network away, docs/fleet.md), both reads in one
+            # hand-off: each hand-off waits for a thread and for the GIL (docs/benchmarks.md, relay profile).
+            ps.recipient_owner, ps.recipient_account = await self.app.read_accounts(
+                self._recipient, normalize_address(address))
         except AddressError:
-            ps.recipient_owner = None  # address_syntax refuses it
+            ps.recipient_owner, ps.recipient_account = None, None  # address_syntax refuses it
+        await self.app.pipeline.prepare_rcpt(ps, address)  # the recipient's mailbox usage (quota), off the loop
         verdict = self.app.pipeline.rcpt(ps, address)
         if verdict is not None:
             if verdict.close:

@@ -13,5 +13,9 @@ include:
   - appliance.tls
   - appliance.certbot
   - appliance.config
+  - appliance.unbound       # the validating resolver outbound DANE asks (before the relay starts)
   - appliance.supervisor
   - appliance.logrotate
+  - appliance.tlsrpt        # the daily TLS-RPT reports timer
+  - appliance.statebox      # redis-server / postgresql where appliance:state_services asks
+  - appliance.fleet         # salt-minion of appliance:fleet:master; the salt-master when fleet:serve

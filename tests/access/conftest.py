@@ -85,18 +85,6 @@ def pop(box: Box, user: str = "alice") -> poplib.POP3:
     return p
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """Poll PREDICATE until it returns something truthy (bounded; not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def inbox_files(box: Box, user: str) -> list[Path]:
     base = box.maildir(f"{user}@{box.domain}")
     return sorted([*(base / "new").iterdir(), *(base / "cur").iterdir()])

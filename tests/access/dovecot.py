@@ -17,6 +17,35 @@ from pathlib import Path
 
 from appliance.devbox import free_port
 
+# The box's folder set (INBOX and the special-use folders it creates, all subscribed), for a
+# reference Dovecot whose LIST/LSUB answers must match the box's.
+BOX_FOLDERS_CONF = r"""
+namespace inbox {
+  mailbox INBOX {
+    auto = subscribe
+  }
+  mailbox Sent {
+    special_use = \Sent
+    auto = subscribe
+  }
+  mailbox Trash {
+    special_use = \Trash
+    auto = subscribe
+  }
+  mailbox Drafts {
+    special_use = \Drafts
+    auto = subscribe
+  }
+  mailbox Junk {
+    special_use = \Junk
+    auto = subscribe
+  }
+  mailbox Outbox {
+    auto = subscribe
+  }
+}
+"""
+
 
 @dataclass
 class Dovecot:

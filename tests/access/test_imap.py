@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from tests.access.conftest import PASSWORD, imap, inbox_files, inbox_messages, message, pop, wait_for
+from tests.access.conftest import PASSWORD, imap, inbox_files, inbox_messages, message, pop
 from tests.conftest import require
 from tests.helpers.box import Box
+from tests.helpers.wait import wait_for
 
 imaplib.Commands.setdefault("SENDMAIL", ("SELECTED",))
 imaplib.Commands.setdefault("MOVE", ("SELECTED",))
@@ -188,8 +189,8 @@ def test_uid_sendmail_reaches_recipient_and_sets_submitted(access_box: Box) -> N
     assert b"$SubmitPending" not in m.uid("FETCH", uid, "(FLAGS)")[1][0]
     # A second send of the same message is refused: it is no longer pending.
     assert m.uid("SENDMAIL", uid)[0] == "NO"
-    wait_for(lambda: len(inbox_files(access_box, "bob")) > bob_before, "delivery to bob")
-    wait_for(lambda: len(inbox_files(access_box, "carol")) > carol_before, "delivery to carol (Bcc)")
+    wait_for("delivery to bob", lambda: len(inbox_files(access_box, "bob")) > bob_before)
+    wait_for("delivery to carol (Bcc)", lambda: len(inbox_files(access_box, "carol")) > carol_before)
     delivered = [m for m in inbox_messages(access_box, "bob") if b"sent with sendmail" in m]
     assert delivered and b"Bcc:" not in delivered[0]
     m.logout()
@@ -204,7 +205,7 @@ def test_uid_sendmail_with_envelope_options_and_forged_from(access_box: Box) -> 
     carol_before = len(inbox_files(access_box, "carol"))
     typ, data = m.uid("SENDMAIL", uid, "(FROM alice@example.test RECIPIENT carol@example.test)")
     assert typ == "OK", data
-    wait_for(lambda: len(inbox_files(access_box, "carol")) > carol_before, "delivery to carol")
+    wait_for("delivery to carol", lambda: len(inbox_files(access_box, "carol")) > carol_before)
     forged = message("mallory@example.test", "bob@example.test", "forged from")
     typ, data = m.append("Sent", "($SubmitPending)", None, forged)
     uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
@@ -222,7 +223,7 @@ def test_outbox_append_and_copy_send_and_forged_from_is_an_alert(access_box: Box
     bob_before = len(inbox_files(access_box, "bob"))
     typ, data = m.append("Outbox", None, None, message("alice@example.test", "bob@example.test", "via outbox"))
     assert typ == "OK" and b"APPENDUID" in data[0], data
-    wait_for(lambda: len(inbox_files(access_box, "bob")) > bob_before, "delivery to bob")
+    wait_for("delivery to bob", lambda: len(inbox_files(access_box, "bob")) > bob_before)
     typ, data = m.append("Outbox", None, None, message("mallory@example.test", "bob@example.test", "forged"))
     assert typ == "NO" and data[0].startswith(b"[ALERT]"), data
     m.create("Outbound")
@@ -234,7 +235,7 @@ def test_outbox_append_and_copy_send_and_forged_from_is_an_alert(access_box: Box
     before = len(inbox_files(access_box, "bob"))
     typ, data = m.copy("2", "Outbox")
     assert typ == "OK" and data[0].startswith(b"[COPYUID"), data
-    wait_for(lambda: len(inbox_files(access_box, "bob")) > before, "delivery of the copied message")
+    wait_for("delivery of the copied message", lambda: len(inbox_files(access_box, "bob")) > before)
     m.logout()
 
 
@@ -247,7 +248,7 @@ def test_curl_appends_to_outbox_and_the_message_is_delivered(access_box: Box, tm
     proc = subprocess.run(["curl", "-sS", "-T", str(msg), "--user", f"alice@example.test:{PASSWORD}", url,
                            "--ssl-reqd", "-k"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    wait_for(lambda: len(inbox_files(access_box, "bob")) > bob_before, "delivery to bob")
+    wait_for("delivery to bob", lambda: len(inbox_files(access_box, "bob")) > bob_before)
     assert any(b"sent by curl" in m for m in inbox_messages(access_box, "bob"))
 
 

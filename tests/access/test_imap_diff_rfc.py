@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.access.conftest import PASSWORD
-from tests.access.dovecot import Dovecot, start_dovecot
+from tests.access.dovecot import BOX_FOLDERS_CONF, Dovecot, start_dovecot
 from tests.access.imapscript import HERE, Server, run_script
 from tests.conftest import require
 from tests.helpers.box import Box
@@ -39,31 +39,7 @@ plugin {
   quota_rule = *:storage=1G
   quota_rule2 = *:messages=100000
 }
-namespace inbox {
-  mailbox INBOX {
-    auto = subscribe
-  }
-  mailbox Sent {
-    special_use = \Sent
-    auto = subscribe
-  }
-  mailbox Trash {
-    special_use = \Trash
-    auto = subscribe
-  }
-  mailbox Drafts {
-    special_use = \Drafts
-    auto = subscribe
-  }
-  mailbox Junk {
-    special_use = \Junk
-    auto = subscribe
-  }
-  mailbox Outbox {
-    auto = subscribe
-  }
-}
-"""
+""" + BOX_FOLDERS_CONF
 
 
 def _local(area: Path) -> str:

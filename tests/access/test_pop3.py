@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from appliance.mailstore import maildir_path
-from tests.access.conftest import MAX_MESSAGE_SIZE, PASSWORD, imap, inbox_files, inbox_messages, message, pop, wait_for
+from tests.access.conftest import MAX_MESSAGE_SIZE, PASSWORD, imap, inbox_files, inbox_messages, message, pop
 from tests.conftest import require
 from tests.helpers.box import Box, pids_under
+from tests.helpers.wait import wait_for
 
 
 def _deliver_through_relay(box: Box, to: str, subjects: list[str]) -> list[bytes]:
@@ -28,8 +29,8 @@ def _deliver_through_relay(box: Box, to: str, subjects: list[str]) -> list[bytes
                              message("alice@example.test", f"{to}@example.test", subject, body=bodies[i % 3]))
         assert typ == "OK", data
     m.logout()
-    return wait_for(lambda: (f := inbox_messages(box, to)) and len(f) >= before + len(subjects) and f,
-                    f"{len(subjects)} deliveries to {to}")
+    return wait_for(f"{len(subjects)} deliveries to {to}",
+                    lambda: (f := inbox_messages(box, to)) and len(f) >= before + len(subjects) and f)
 
 
 
@@ -114,7 +115,7 @@ def test_xtnd_xmit_sends_and_refuses(access_box: Box) -> None:
     p._putline(b".")
     resp = p._getresp()
     assert resp.startswith(b"+OK") and b"queued" in resp
-    wait_for(lambda: len(inbox_files(access_box, "carol")) > before, "delivery to carol")
+    wait_for("delivery to carol", lambda: len(inbox_files(access_box, "carol")) > before)
     assert any(b"\n.dot\nx\n" in m for m in inbox_messages(access_box, "carol"))
 
     p._putcmd("XTND XMIT")
@@ -238,7 +239,7 @@ def test_a_client_gone_mid_retr_leaves_no_lock_behind(access_box: Box) -> None:
     p.sock.shutdown(socket.SHUT_RDWR)
     p.file.close()
     p.sock.close()
-    wait_for(lambda: _try_login(access_box, "erin"), "the maildrop lock to be released")
+    wait_for("the maildrop lock to be released", lambda: _try_login(access_box, "erin"))
 
 
 def _try_login(box: Box, local: str) -> bool:

@@ -33,6 +33,7 @@ from tests.access.conftest import PASSWORD, imap
 from tests.access.dovecot import Dovecot, start_dovecot
 from tests.conftest import require
 from tests.helpers.box import Box
+from tests.helpers.wait import wait_logged
 
 USER = "pdiff@example.test"
 PLAIN = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode())
@@ -334,9 +335,9 @@ def test_eleventh_session_of_a_user_from_one_address_is_refused_until_one_ends(a
         extra.close()
         with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE|connections"):
             imap(access_box, "bob")
-        logged = (Path(access_box.cfg.paths.log_dir) / "access.log").read_text()
-        assert "limited entry=pop3 limit=connections key=access/ip:127.0.0.1/acct:bob@example.test" in logged
-        assert "limited entry=imap limit=connections key=access/ip:127.0.0.1/acct:bob@example.test" in logged
+        wait_logged(Path(access_box.cfg.paths.log_dir) / "access.log",
+                    "limited entry=pop3 limit=connections key=access/ip:127.0.0.1/acct:bob@example.test",
+                    "limited entry=imap limit=connections key=access/ip:127.0.0.1/acct:bob@example.test")
         sessions.pop().logout()  # a released lease frees the slot
         sessions.append(imap(access_box, "bob"))
         assert sessions[-1].noop()[0] == "OK"
@@ -361,8 +362,8 @@ def test_connections_not_logged_in_are_capped_per_address(access_box: Box) -> No
             held.append(c)
         refused = RawPOP(access_box.host("pop3"), access_box.port("pop3"), access_box.client_tls(), stls=False)
         assert refused.greeting.startswith(b"-ERR [SYS/TEMP]") and b"Too many connections" in refused.greeting
-        assert "limited entry=pop3 limit=connections key=ip:127.0.0.1" in (
-            Path(access_box.cfg.paths.log_dir) / "access.log").read_text()
+        wait_logged(Path(access_box.cfg.paths.log_dir) / "access.log",
+                    "limited entry=pop3 limit=connections key=ip:127.0.0.1")
         with pytest.raises(ConnectionError):
             refused.readline()  # and the server hung up
         refused.close()

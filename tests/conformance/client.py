@@ -12,6 +12,7 @@ import socket
 import ssl
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +199,25 @@ class Conn:
             parts.append(f'"{date}" ')
         parts.append(Lit(msg))
         return self.ok(*parts)
+
+    def idle(self) -> str:
+        """Start IDLE (RFC 2177 §3); returns its tag once the server has sent the continuation."""
+        tag, _ = self.start("IDLE")
+        assert self.read_response().startswith(b"+")
+        return tag
+
+    def idle_until(self, arrived: Callable[[bytes], bool], timeout: float = 15) -> list[bytes]:
+        """Untagged responses pushed during IDLE, until one is ARRIVED or TIMEOUT s pass (nothing is sent)."""
+        got: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while not any(arrived(x) for x in got) and time.monotonic() < deadline:
+            got += self.poll(1.0)
+        return got
+
+    def done(self, tag: str, word: bytes = b"DONE") -> Result:
+        """End the IDLE of TAG with WORD (RFC 2177 §3); its tagged result."""
+        self.send(word + b"\r\n")
+        return self.finish(tag)
 
     def compress(self) -> None:
         """COMPRESS DEFLATE (RFC 4978 §3): raw deflate both ways from the byte after the tagged OK."""

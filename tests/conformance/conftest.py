@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.access.conftest import _tune_config, running_box
-from tests.access.dovecot import Dovecot, _hash, start_dovecot
+from tests.access.dovecot import BOX_FOLDERS_CONF, Dovecot, _hash, start_dovecot
 from tests.conformance.client import Conn
 from tests.conftest import require
 from tests.helpers.box import Box, make_box
@@ -35,31 +35,7 @@ plugin {
   quota = maildir:User quota
   quota_rule = *:storage=1G
 }
-namespace inbox {
-  mailbox INBOX {
-    auto = subscribe
-  }
-  mailbox Sent {
-    special_use = \Sent
-    auto = subscribe
-  }
-  mailbox Trash {
-    special_use = \Trash
-    auto = subscribe
-  }
-  mailbox Drafts {
-    special_use = \Drafts
-    auto = subscribe
-  }
-  mailbox Junk {
-    special_use = \Junk
-    auto = subscribe
-  }
-  mailbox Outbox {
-    auto = subscribe
-  }
-}
-"""
+""" + BOX_FOLDERS_CONF
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conformance.client import Lit, parse
 from tests.conformance.conftest import Server
 
@@ -32,26 +34,20 @@ def test_multiappend(server: Server) -> None:
     assert b"first" in lines[0] and b"\\Seen" in lines[0] and b"second" in lines[1] and b"\\Flagged" in lines[1]
 
 
-def test_multiappend_atomic(server: Server) -> None:
+@pytest.mark.parametrize(("box", "second"), [
+    pytest.param("Atomic", ' "99-Foo-2021 00:00:00 +0000" ', id="bad-date"),
+    pytest.param("Atomic2", " (\\Recent) ", id="recent-flag"),  # \Recent cannot be appended (RFC 3501 §2.3.2)
+])
+def test_multiappend_atomic(server: Server, box: str, second: str) -> None:
     """RFC 3502 §6.3.11: "If the server returns NO or BAD for any message, none of the messages are
-    appended" -- a syntax error in the second message's date leaves the mailbox empty."""
+    appended" -- a refused second message (a syntax error in its date, or the \\Recent flag) leaves
+    the mailbox empty."""
     _, c = server.session()
-    c.ok("CREATE Atomic")
-    r = c.cmd("APPEND Atomic ", Lit(A), " \"99-Foo-2021 00:00:00 +0000\" ", Lit(B))
+    c.ok(f"CREATE {box}")
+    r = c.cmd(f"APPEND {box} ", Lit(A), second, Lit(B))
     assert r.status in ("BAD", "NO"), r
     c.ok("NOOP")
-    assert count(c, "Atomic") == 0
-
-
-def test_multiappend_atomic_bad_flag(server: Server) -> None:
-    """RFC 3502 §6.3.11: a refused second message (the \\Recent flag cannot be appended, RFC 3501 §2.3.2)
-    appends none of them."""
-    _, c = server.session()
-    c.ok("CREATE Atomic2")
-    r = c.cmd("APPEND Atomic2 ", Lit(A), " (\\Recent) ", Lit(B))
-    assert r.status in ("BAD", "NO"), r
-    c.ok("NOOP")
-    assert count(c, "Atomic2") == 0
+    assert count(c, box) == 0
 
 
 def test_append_to_missing_then_literal_plus(server: Server) -> None:

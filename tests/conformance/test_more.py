@@ -3,8 +3,6 @@ during IDLE and MOVE, LIST-EXTENDED forms, non-ASCII names."""
 
 from __future__ import annotations
 
-import time
-
 from tests.conformance.client import Lit, parse
 from tests.conformance.conftest import Server
 from tests.conformance.test_fetch import fetch, item
@@ -109,17 +107,12 @@ def test_compress_then_idle_push(server: Server) -> None:
     login, a = server.session()
     a.compress()
     a.ok("SELECT INBOX")
-    tag, _ = a.start("IDLE")
-    assert a.read_response().startswith(b"+")
+    tag = a.idle()
     b = server.connect(login)
     b.append("INBOX", msg(1))
-    got: list[bytes] = []
-    deadline = time.monotonic() + 15
-    while b"* 1 EXISTS" not in got and time.monotonic() < deadline:
-        got += a.poll(1.0)
+    got = a.idle_until(lambda x: x == b"* 1 EXISTS")
     assert b"* 1 EXISTS" in got, got
-    a.send(b"DONE\r\n")
-    assert a.finish(tag).status == "OK"
+    assert a.done(tag).status == "OK"
 
 
 def test_vanished_during_idle(server: Server) -> None:
@@ -132,17 +125,12 @@ def test_vanished_during_idle(server: Server) -> None:
     a.ok("SELECT INBOX")
     b = server.connect(login)
     b.ok("SELECT INBOX")
-    tag, _ = a.start("IDLE")
-    assert a.read_response().startswith(b"+")
+    tag = a.idle()
     b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
-    got: list[bytes] = []
-    deadline = time.monotonic() + 15
-    while not any(x.startswith(b"* VANISHED") for x in got) and time.monotonic() < deadline:
-        got += a.poll(1.0)
+    got = a.idle_until(lambda x: x.startswith(b"* VANISHED"))
     assert any(x.startswith(b"* VANISHED ") and b"EARLIER" not in x for x in got), got
-    a.send(b"DONE\r\n")
-    assert a.finish(tag).status == "OK"
+    assert a.done(tag).status == "OK"
 
 
 def test_move_with_qresync_vanished(server: Server) -> None:

@@ -55,16 +55,11 @@ def test_append_by_other_session_exists_on_noop(server: Server) -> None:
 def test_append_during_idle(server: Server) -> None:
     """RFC 2177 §3: while B idles, the server sends EXISTS for A's APPEND without B sending anything."""
     a, b = two(server, 1)
-    tag, _ = b.start("IDLE")
-    assert b.read_response().startswith(b"+")
+    tag = b.idle()
     a.append("INBOX", msg(2))
-    got: list[bytes] = []
-    deadline = time.monotonic() + 15
-    while not any(x.endswith(b" EXISTS") for x in got) and time.monotonic() < deadline:
-        got += b.poll(1.0)
+    got = b.idle_until(lambda x: x.endswith(b" EXISTS"))
     assert b"* 2 EXISTS" in got, got
-    b.send(b"DONE\r\n")
-    assert b.finish(tag).status == "OK"
+    assert b.done(tag).status == "OK"
 
 
 def test_expunge_by_other_session(server: Server) -> None:
@@ -82,17 +77,12 @@ def test_expunge_by_other_session(server: Server) -> None:
 def test_expunge_during_idle(server: Server) -> None:
     """RFC 2177 §3 / RFC 3501 §7.4.1: an expunge by A is pushed to an idling B."""
     a, b = two(server, 2)
-    tag, _ = b.start("IDLE")
-    assert b.read_response().startswith(b"+")
+    tag = b.idle()
     a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     a.ok("EXPUNGE")
-    got: list[bytes] = []
-    deadline = time.monotonic() + 15
-    while b"* 1 EXPUNGE" not in got and time.monotonic() < deadline:
-        got += b.poll(1.0)
+    got = b.idle_until(lambda x: x == b"* 1 EXPUNGE")
     assert b"* 1 EXPUNGE" in got, got
-    b.send(b"DONE\r\n")
-    assert b.finish(tag).status == "OK"
+    assert b.done(tag).status == "OK"
 
 
 def test_no_expunge_during_fetch(server: Server) -> None:
@@ -121,16 +111,11 @@ def test_store_by_other_session_flags_fetch(server: Server) -> None:
 def test_store_during_idle(server: Server) -> None:
     """RFC 2177 §3: flag changes by A are pushed to an idling B as FETCH FLAGS."""
     a, b = two(server, 1)
-    tag, _ = b.start("IDLE")
-    assert b.read_response().startswith(b"+")
+    tag = b.idle()
     a.ok("STORE 1 +FLAGS (\\Answered)")
-    got: list[bytes] = []
-    deadline = time.monotonic() + 15
-    while not any(b"FETCH" in x for x in got) and time.monotonic() < deadline:
-        got += b.poll(1.0)
+    got = b.idle_until(lambda x: b"FETCH" in x)
     assert any(x.startswith(b"* 1 FETCH") and b"\\Answered" in x for x in got), got
-    b.send(b"DONE\r\n")
-    assert b.finish(tag).status == "OK"
+    assert b.done(tag).status == "OK"
 
 
 def test_copy_into_other_sessions_mailbox(server: Server) -> None:

@@ -78,10 +78,8 @@ def test_idle_then_commands(server: Server) -> None:
     """RFC 2177 §3: after DONE the session takes commands again; "DONE" in another case also ends IDLE."""
     _, c = server.session()
     c.ok("SELECT INBOX")
-    tag, _ = c.start("IDLE")
-    assert c.read_response().startswith(b"+")
-    c.send(b"done\r\n")
-    assert c.finish(tag).status == "OK"
+    tag = c.idle()
+    assert c.done(tag, b"done").status == "OK"
     c.ok("NOOP")
 
 

@@ -171,10 +171,8 @@ def test_idle_done(server: Server) -> None:
     """RFC 2177 §3: IDLE gets a continuation; DONE ends it with the tagged OK."""
     _, c = server.session()
     c.ok("SELECT INBOX")
-    tag, _ = c.start("IDLE")
-    assert c.read_response().startswith(b"+")
-    c.send(b"DONE\r\n")
-    assert c.finish(tag).status == "OK"
+    tag = c.idle()
+    assert c.done(tag).status == "OK"
 
 
 def test_unselect_no_expunge(server: Server) -> None:

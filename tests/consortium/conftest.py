@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.consortium.harness import Consortium, copy_tree_logs
+from tests.consortium.harness import Consortium, copy_tree_logs, post_mortem
 
 
 @pytest.fixture(scope="package")
@@ -24,3 +24,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
     copy_tree_logs(w, base / "logs")
     left = w.teardown()
     assert not left, f"teardown left things behind: {left}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed scenario reports each box's relay log tail and stacks (harness.post_mortem)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    world = getattr(item, "funcargs", {}).get("world")
+    if report.when == "call" and report.failed and isinstance(world, Consortium):
+        report.sections.append(("consortium post-mortem", post_mortem(world)))

@@ -9,7 +9,7 @@ that exists only inside these namespaces.
 
 Each box is a development box (`appliance init --dev`) whose config is then
 adjusted to its role, started with `ip netns exec NS appliance -c CFG up`, so
-it listens on its own namespace's address at fixed ports (10025..10032: in a
+it listens on its own namespace's address at fixed ports (10025..10034: in a
 fresh namespace every port is free). Every client (swaks, the scripts in
 `tests/consortium/clients.py`) runs inside a namespace too.
 """
@@ -34,11 +34,13 @@ import tomli_w
 from appliance.catalog import SERVICES
 from tests.helpers.box import APPLIANCE, pids_under
 from tests.helpers.netns import Host, Net
+from tests.helpers.wait import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_PORT = 10025
 PORTS = {"mx": 10025, "submission": 10026, "submissions": 10027, "imap": 10028, "imaps": 10029,
-         "pop3": 10030, "pop3s": 10031, "metrics": 10032, "access_metrics": 10033}
+         "pop3": 10030, "pop3s": 10031, "metrics": 10032, "access_metrics": 10033,
+         "console": 10034}
 REGISTRY_PORT = 8080
 PASSWORD = "correct horse battery staple"
 
@@ -54,18 +56,6 @@ HOSTS: dict[str, tuple[int, str | None]] = {
     "users": (60, None),
 }
 MEMBERS = ("isp-a", "isp-b")
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    """Poll PRED until truthy; the bound keeps every wait finite (not a timing assert)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def _listening(host: Host, port: int) -> bool:
@@ -473,3 +463,26 @@ def copy_tree_logs(world: Consortium, dest: Path) -> None:
     for b in world.boxes.values():
         if (b.dir / "log").exists():
             shutil.copytree(b.dir / "log", dest / b.name, dirs_exist_ok=True)
+
+
+def post_mortem(world: Consortium, lines: int = 30) -> str:
+    """What each box's relay was doing when a scenario failed: its log's tail and, when py-spy is
+    installed next to this interpreter, the stacks of the running relay (a hung event loop shows
+    where it waits). Printed with the failure, so a CI log explains itself."""
+    spy = Path(sys.executable).with_name("py-spy")
+    out: list[str] = []
+    for b in world.boxes.values():
+        log = b.dir / "log" / "relay.log"
+        tail = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else ["(no relay.log)"]
+        out += [f"--- {b.name}: last {len(tail)} lines of relay.log", *tail]
+        try:
+            pid = b.service_pid("relay", running_only=False)
+        except Exception as exc:  # a failing supervisor is itself the finding
+            out.append(f"--- {b.name}: supervisor not answering: {exc}")
+            continue
+        if pid is None:
+            out.append(f"--- {b.name}: relay not running")
+        elif spy.exists():
+            dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+            out += [f"--- {b.name}: py-spy dump of relay pid {pid}", dump.stdout + dump.stderr]
+    return "\n".join(out)

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.helpers.netns import Net, root_networks
+from tests.helpers.wait import wait_for
 
 pytestmark = [pytest.mark.consortium, pytest.mark.root]
 
@@ -49,6 +50,9 @@ def test_a_two_host_net_routes_only_over_its_link_and_tears_down_to_nothing(net:
         server.wait(10)
         # A process left running inside a namespace is found and killed by the teardown.
         sleeper = b.popen("sleep", "300")
+        # `ip netns exec` enters the namespace a moment after Popen returns; a teardown listing the
+        # namespace's processes before that would not see it (the race CI once lost).
+        wait_for("the sleeper inside b's namespace", lambda: sleeper.pid in b.pids(), 10)
     finally:
         stragglers = net.teardown()
     assert sleeper.wait(10) == -9

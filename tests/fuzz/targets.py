@@ -103,11 +103,17 @@ def _read_data(stream: bytes, limit: int) -> tuple[tuple[bytes, bool] | None, by
     global _loop
     if _loop is None:
         _loop = asyncio.new_event_loop()
-    s = _session(limit)
-    reader = s._reader  # type: ignore[attr-defined]
-    reader.feed_data(stream)
-    reader.feed_eof()
+    held: list[asyncio.StreamReader] = []
+
     async def read_all() -> tuple[bytes, bool]:
+        # The session (and its StreamReader) is made inside the loop that runs it: made outside,
+        # the reader asks for "the current event loop", which an earlier asyncio.run() in the
+        # same process has unset (RuntimeError in the full suite, never alone).
+        s = _session(limit)
+        reader = s._reader  # type: ignore[attr-defined]
+        held.append(reader)
+        reader.feed_data(stream)
+        reader.feed_eof()
         s.start_data()
         out = b""
         while (part := await s.read_data()) is not None:
@@ -118,7 +124,7 @@ def _read_data(stream: bytes, limit: int) -> tuple[tuple[bytes, bool] | None, by
         got = _loop.run_until_complete(read_all())
     except ConnectionResetError:
         got = None
-    rest = bytes(reader._buffer)  # what is left for the command loop (pipelined commands)
+    rest = bytes(held[0]._buffer)  # type: ignore[attr-defined]  # what is left for the command loop (pipelined commands)
     return got, rest
 
 

@@ -85,6 +85,12 @@ class Host:
         return [int(p) for p in out.split() if p.isdigit()]
 
 
+def listening(host: Host, port: int, proto: str = "t") -> bool:
+    """Whether something in HOST's namespace listens on PORT (PROTO "t": TCP, "u": UDP; `ss -l`)."""
+    out = host.run("ss", f"-l{proto}nH").stdout
+    return any(len(f := line.split()) > 3 and f[3].endswith(f":{port}") for line in out.splitlines())
+
+
 @dataclass
 class Net:
     """A /24 of test hosts on one bridge; `prefix` like '10.254.7' (default: a free random one)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from services.access.imapmsg import envelope
-from services.access.imapmsg.envelope import parse_addresses, write_addresses
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.access.imapmsg import envelope, quote
+from services.access.imapmsg.envelope import _plain_addresses, parse_addresses, parse_addresses_full, write_addresses
 
 
 def crlf(text: str) -> bytes:
@@ -146,3 +149,70 @@ def test_duplicate_fields_last_string_wins_addresses_accumulate() -> None:
 def test_header_without_body_and_bare_lf() -> None:
     assert envelope(b"Subject: only a header\nFrom: a@b.c") == (
         b'(NIL "only a header" ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) ((NIL NIL "a" "b.c")) NIL NIL NIL NIL NIL)')
+
+
+# --- the fast path for plain addresses must answer exactly what the full parser answers ---------
+
+_ATOMS = st.sampled_from(["a", "Ann", "b.c", "x-y", "q'r", "Z9", ".", "..", "a.", "é", "~"])
+_SPACE = st.sampled_from(["", " ", "  ", "\t", "\r\n ", " \r\n\t"])
+
+
+@st.composite
+def _address_lists(draw: st.DrawFn) -> bytes:
+    """Address lists mostly of the plain shapes, with the spacing and odd bytes that must send them
+    to the full parser (double spaces, folding, 8-bit text, empty elements, dots in odd places)."""
+    items = []
+    for _ in range(draw(st.integers(1, 4))):
+        lp = draw(_ATOMS) + draw(st.sampled_from(["", ".", ".x", ".."])) + draw(_ATOMS)
+        dom = draw(_ATOMS) + draw(st.sampled_from([".net", "", ".", ".a.b"]))
+        words = draw(st.lists(_ATOMS, max_size=3))
+        name = draw(_SPACE).join(words)
+        shape = draw(st.sampled_from(["name-addr", "angle", "bare", "junk", "empty"]))
+        if shape == "name-addr":
+            item = f"{name}{draw(_SPACE)}<{lp}@{dom}>"
+        elif shape == "angle":
+            item = f"<{lp}@{dom}>"
+        elif shape == "bare":
+            item = f"{lp}@{dom}"
+        elif shape == "junk":
+            item = draw(st.text(alphabet="ab <>@.,\t", max_size=10))
+        else:
+            item = ""
+        items.append(draw(_SPACE) + item + draw(_SPACE))
+    return ",".join(items).encode("utf-8")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_address_lists())
+def test_plain_address_fast_path_matches_the_full_parser(value: bytes) -> None:
+    assert parse_addresses(value) == parse_addresses_full(value)
+
+
+def test_fast_path_covers_the_common_header_shapes() -> None:
+    # The shapes real mail carries take the fast path (else it would be dead code with no gain).
+    for value in (b"Sender 5 <sender5@example.net>", b"bench@example.test", b"<a@b.c>",
+                  b"A <a@b>, c@d,\r\n E F <e@f.g>"):
+        assert _plain_addresses(value) == parse_addresses_full(value)
+    # Quotes, comments, groups and 8-bit text always go to the full parser.
+    for value in (b'"Ann" <a@b>', b"a@b (Ann)", b"g: a@b;", "Zoë <z@b>".encode()):
+        assert _plain_addresses(value) is None
+    assert addrs("John Q. Public <jqp@example.com>") == b'(("John Q. Public" NIL "jqp" "example.com"))'
+
+
+_TEXT_BYTES = st.lists(st.sampled_from([b"a", b"Re:", b" ", b"  ", b"\t", b"\r\n", b'"', b"\\", b"\x00", b"\xc3\xa9",
+                                        b"=?utf-8?q?x?=", b"(", b"<", b"@"]), max_size=12).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TEXT_BYTES)
+def test_quoting_fast_paths_match_the_general_rules(value: bytes) -> None:
+    # nstring/humans quote plain text directly; the answer must be what the byte-by-byte rules give.
+    assert quote.nstring(value) == quote._nstring_general(value)
+    assert quote.humans(value) == quote._humans_general(value)
+
+
+def test_quoting_of_plain_and_odd_text() -> None:
+    assert quote.humans(b"benchmark message number 7") == b'"benchmark message number 7"'
+    assert quote.humans(b" two  spaces ") == b"{10}\r\ntwo spaces"
+    assert quote.nstring(b"<bench.7@example.net>") == b'"<bench.7@example.net>"'
+    assert quote.nstring(b'say "hi"') == b'"say \\"hi\\""'

@@ -20,15 +20,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import dkim
 import tomli_w
@@ -36,8 +33,11 @@ import tomli_w
 from appliance.accounts import AccountStore
 from appliance.config import Config, load
 from appliance.tlsfiles import make_dkim_key
+from tests.helpers import procs
 from tests.helpers.box import APPLIANCE
-from tests.helpers.netns import Host, Net
+from tests.helpers.knot import Knot, Zone
+from tests.helpers.netns import Host, Net, listening
+from tests.helpers.wait import wait_for
 from tests.relay_back.postfix import _allow_config_dir, _master_cf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,23 +48,6 @@ POSTFIX_BASE = Path("/var/tmp/appliance-internet")  # Postfix's daemons run as o
 # Domains the tests sign for (selector s1) and the forwarders that seal ARC sets (selector arc).
 SIGNERS = ("good.test", "orig.test", "late.test")
 SEALERS = ("list.test", "evil.test")
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    """Poll PRED until truthy; the bound keeps every wait finite (not a timing assert)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def listening(host: Host, port: int, proto: str = "t") -> bool:
-    out = host.run("ss", f"-l{proto}nH").stdout
-    return any(len(f := line.split()) > 3 and f[3].endswith(f":{port}") for line in out.splitlines())
 
 
 def _txt(value: str) -> str:
@@ -115,67 +98,6 @@ def zone_text(prefix: str, keys: dict[str, str]) -> str:
         selector = "arc" if domain in SEALERS else "s1"
         rows.append(f"{selector}._domainkey.{label} TXT {_txt(txt)}")
     return "\n".join(rows) + "\n"
-
-
-KNOT_CONF = """\
-server:
-    rundir: "{d}/run"
-    user: root:root
-    listen: {ip}@53
-log:
-  - target: {d}/knot.log
-    any: info
-database:
-    storage: "{d}/db"
-zone:
-  - domain: test
-    storage: "{d}"
-    file: "test.zone"
-    zonefile-sync: -1
-    journal-content: none
-"""
-
-
-@dataclass
-class Knot:
-    host: Host
-    dir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        (self.dir / "run").mkdir(parents=True, exist_ok=True)
-        (self.dir / "db").mkdir(parents=True, exist_ok=True)
-        (self.dir / "knot.conf").write_text(KNOT_CONF.format(d=self.dir, ip=self.host.address))
-        check = self.host.run("knotc", "-c", str(self.dir / "knot.conf"), "conf-check")
-        assert check.returncode == 0, f"knot config refused: {check.stdout}{check.stderr}"
-        with open(self.dir / "knotd.out", "ab") as out:
-            self.proc = self.host.popen("knotd", "-c", str(self.dir / "knot.conf"), stdout=out, stderr=out)
-        wait_for("knotd listening on 53", lambda: listening(self.host, 53, "u") or self.proc.poll() is not None, 30)
-        assert self.proc.poll() is None, f"knotd exited: {self.log()}"
-
-    def pause(self) -> None:
-        """A DNS outage: the server stops answering (queries time out), nothing is refused."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def log(self) -> str:
-        parts = [p.read_text(errors="replace") for p in (self.dir / "knot.log", self.dir / "knotd.out") if p.exists()]
-        return "\n".join(parts)[-4000:]
 
 
 @dataclass
@@ -285,13 +207,7 @@ class World:
         assert self.relay.poll() is None, f"relay exited:\n{self.relay_log()[-3000:]}"
 
     def stop_relay(self) -> None:
-        if self.relay is not None and self.relay.poll() is None:
-            self.relay.send_signal(signal.SIGTERM)
-            try:
-                self.relay.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.relay.kill()
-                self.relay.wait(timeout=10)
+        procs.stop(self.relay)
         self.relay = None
 
     def relay_log(self) -> str:
@@ -375,10 +291,8 @@ def build(base: Path) -> World:
         for domain in SIGNERS + SEALERS:
             keys[domain] = base / "keys" / f"{domain}.key"
             txts[domain] = make_dkim_key(keys[domain], bits=1024)
-        knot_dir = base / "knot"
-        knot_dir.mkdir()
-        (knot_dir / "test.zone").write_text(zone_text(net.prefix, txts))
-        knot = Knot(hosts["dns"], knot_dir)
+        knot = Knot(hosts["dns"], base / "knot", [Zone("test", "test.zone")])
+        knot.write_zone("test.zone", zone_text(net.prefix, txts))
         box_dir = base / "box"
         r = subprocess.run([*APPLIANCE, "init", "--dev", str(box_dir), "--domain", "example.test", "--host",
                             hosts["box"].address, "--base-port", str(MX_PORT), "--internet"],

@@ -11,6 +11,7 @@ import pytest
 from appliance.mailstore import MailStore, MailstoreError
 from appliance.mailstore.fill import PENDING_NAMES
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
+from appliance.mailstore.maildir import without_uid
 from tests.mailstore.conftest import SPECIALS, deliver
 
 MSG = b"Subject: r\n\nbody\n"
@@ -271,3 +272,40 @@ def test_fill_renamed_but_lost_its_commit(root: Path) -> None:
     assert list(box.state().uids) == [1, 2, 3]
     assert box.records([2])[0].flags == ("\\Seen",)
     store.close()
+
+
+def test_import_numbers_claimed_duplicate_and_unnamed_files(root: Path) -> None:
+    """A UID in a name is kept; a UID claimed twice stays with one file; the others get UIDs from
+    UIDNEXT (above the recorded floor) in name order; flags, counters and sizes come along."""
+    (root / "cur").mkdir(parents=True)
+    files = {"1600000003.a,U=5,W=10:2,S": b"a\n", "1600000004.b,U=5:2,": b"b\n", "1600000001.c,U=2:2,F": b"c\n",
+             "1600000009.d:2,": b"d\n", "1600000000.e:2,T": b"e\n"}
+    for name, body in files.items():
+        (root / "cur" / name).write_bytes(body)
+    (root / "appliance-uidvalidity").write_text("V777 N7\n")
+    store = MailStore.open(root, background_fill=False)
+    assert (root / PENDING_NAMES).exists()  # UIDs 7-9 are in the index only until the fill names them
+    box = store.mailbox("INBOX")
+    st = box.state()
+    assert box.uidvalidity == 777
+    by_uid = {r.uid: r for r in box.records_range([(1, 100)])}
+    stems = {uid: stem for uid, stem in _stems(store, box.id)}
+    assert stems[2] == "1600000001.c,U=2" and by_uid[2].flags == ("\\Flagged",)
+    five = stems[5]
+    other = "1600000004.b" if five.startswith("1600000003.a") else "1600000003.a,W=10"
+    # Not numbered from the names: the duplicate and the two without one, in name order from UIDNEXT 7.
+    unnumbered = sorted(["1600000009.d", "1600000000.e", other])
+    assert [without_uid(stems[u]) for u in (7, 8, 9)] == [without_uid(s) for s in unnumbered]
+    assert list(st.uids) == [2, 5, 7, 8, 9] and st.uidnext == 10
+    status = store.status("INBOX")
+    assert (status.messages, status.unseen, status.deleted) == (5, 4 if five.startswith("1600000004") else 3, 1)
+    assert all(r.size > 0 for r in box.records_range([(1, 100)]))  # filled on demand, never -1
+    # Every file now carries its UID in its name (the marker went with the last unfilled row).
+    assert sorted(n.split(":2,")[0].rsplit(",U=", 1)[1] for n in os.listdir(root / "cur")) == ["2", "5", "7", "8", "9"]
+    assert not (root / PENDING_NAMES).exists()
+    store.close()
+
+
+def _stems(store: MailStore, mid: int) -> list[tuple[int, str]]:
+    with store.index.read() as db:
+        return db.execute("SELECT uid, stem FROM messages WHERE mailbox_id = ? ORDER BY uid", (mid,)).fetchall()

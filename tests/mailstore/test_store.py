@@ -200,6 +200,23 @@ def test_cache(store: MailStore, root: Path) -> None:
     assert box.cache_get(uid, "envelope") is None
 
 
+def test_cache_batches(store: MailStore, root: Path) -> None:
+    # A FETCH batch reads and writes its cache rows in one transaction each; rows of a message
+    # expunged meanwhile are dropped, the others kept.
+    box = store.mailbox("INBOX")
+    a, b, c = (box.append(MSG) for _ in range(3))
+    box.expunge([b])
+    box.cache_put_many([(a, "envelope", b"(A)"), (b, "envelope", b"(B)"), (c, "body", b"(C)")])
+    assert box.cache_get_many([a, b, c], "envelope") == {a: b"(A)"}
+    assert box.cache_get_many([a, b, c], "body") == {c: b"(C)"}
+    store.close()
+    reopened = MailStore.open(root, background_fill=False)  # the non-durable commit is still a commit
+    try:
+        assert reopened.mailbox("INBOX").cache_get(a, "envelope") == b"(A)"
+    finally:
+        reopened.close()
+
+
 def test_create_delete_rename_hierarchy(store: MailStore, root: Path) -> None:
     store.create("Lists.")
     store.create("Lists.Work")
@@ -352,6 +369,32 @@ def test_uids_with_and_counters_after_every_kind_of_change(store: MailStore, roo
     box.rescan()
     check()
     assert box.uids_with(absent=["\\Seen"]).tolist() == [3, 5, 6, 9]
+    # The text form answers the same UIDs, ascending; UPTO bounds them (a session's view).
+    assert box.uid_text_with(absent=["\\Seen"]) == b"3 5 6 9"
+    assert box.uid_text_with(absent=["\\Seen"], upto=6) == b"3 5 6"
+    assert box.uids_with(absent=["\\Seen"], upto=6).tolist() == [3, 5, 6]
+    assert box.uid_text_with(absent=["\\Seen"], upto=2) == b""
+    assert box.uid_text_with(present=["\\Seen"], absent=["\\Deleted"]).decode().split() == \
+        [str(u) for u in box.uids_with(present=["\\Seen"], absent=["\\Deleted"])]
+
+
+def test_unseen_search_uses_the_unseen_index_and_follows_flag_changes(store: MailStore, root: Path) -> None:
+    box = store.mailbox("INBOX")
+    for _ in range(300):
+        deliver(root, MSG)
+    box.sync()
+    box.store(range(1, 301, 2), "add", ["\\Seen"])  # odd UIDs read
+    with store.index.read() as db:
+        plan = " ".join(r[-1] for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT uid FROM messages WHERE " + box._flag_filter((), ["\\Seen"], None)[0],
+            box._flag_filter((), ["\\Seen"], None)[1]))
+    assert "COVERING INDEX messages_unseen_uids" in plan
+    assert box.uid_text_with(absent=["\\Seen"]) == " ".join(str(u) for u in range(2, 301, 2)).encode()
+    box.store([2, 4], "add", ["\\Seen"])
+    box.store([1], "remove", ["\\Seen"])
+    box.expunge([6])
+    assert box.uids_with(absent=["\\Seen"]).tolist() == [1, *range(8, 301, 2)]
+    assert box.unseen_first() == 1
 
 
 def test_append_and_copy_into_a_deleted_mailbox_are_refused(store: MailStore, root: Path) -> None:

@@ -19,6 +19,7 @@ import tomli_w
 
 from tests.conftest import require
 from tests.helpers.box import Box, make_box, pids_under
+from tests.helpers.wait import wait_for
 from tests.practice.peers import PROBE_MEMBER, PROBE_SOURCE, probe
 from tests.registry.conftest import (
     greeting_verdict,
@@ -27,7 +28,6 @@ from tests.registry.conftest import (
     relay_running,
     sync_in_process,
 )
-from tests.registry.test_two_boxes import wait_for
 
 pytestmark = pytest.mark.peers
 
@@ -89,7 +89,7 @@ def test_drifted_member_is_suspended_and_its_mail_deferred(tmp_path: Path) -> No
 
             _sync(a, b)
             # B's relay is deferred with a temporary reply (it keeps its queue and retries) ...
-            wait_for(lambda: greeting_verdict(a, "127.0.0.3", alice) == "421 4.7.1", "A deferring suspended B", 60)
+            wait_for("A deferring suspended B", lambda: greeting_verdict(a, "127.0.0.3", alice) == "421 4.7.1", 60)
             # ... and A holds its own customer's mail for B instead of bouncing it.
             with smtplib.SMTP("127.0.0.2", a.cfg.listeners.submission.port, timeout=30) as s:
                 s.starttls(context=a.client_tls())

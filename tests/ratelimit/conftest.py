@@ -35,10 +35,10 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture
-def cfg(tmp_path: Path) -> Config:
+def limiter_config(tmp: Path) -> Config:
+    """The limits the limiter's cases are written against (tests/fleet runs the same cases on Redis)."""
     return make_config(
-        tmp_path,
+        tmp,
         limits={
             "classes": {
                 "default": {"messages_per_minute": 6, "burst": 3, "recipients_per_minute": 60, "per_day": 10},
@@ -52,6 +52,11 @@ def cfg(tmp_path: Path) -> Config:
         },
         relay={"max_recipients": 5},
     )
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return limiter_config(tmp_path)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,13 @@ from appliance.registry.agent import run_round
 from tests.conftest import require
 from tests.helpers.box import Box
 from tests.helpers.netns import Net
+from tests.helpers.wait import wait_for, wait_logged
 from tests.registry.conftest import Operator, greeting_verdict, point_box, relay_running
 
 
 def own_registry(box: Box) -> Operator:
     """The registry `appliance init --dev` made for this box."""
     return Operator(box.dir / "registry-repo", box.dir / "registry-keys")
-
-
-def wait_for(predicate, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not seen within {timeout}s: {what}")
 
 
 def test_dev_box_registry_is_a_pinned_tuf_repository(box: Box) -> None:
@@ -54,15 +45,14 @@ def test_agent_under_supervisor_picks_up_a_suspension(box: Box) -> None:
         op.cli("add-member", "--without-probe", "--id", "isp-b", "--domain", "isp-b.test", "--relay", "mx.isp-b.test=192.0.2.20")
         op.cli("publish")
         reg_file = box.cfg.registry_dir / "registry.json"
-        wait_for(lambda: "isp-b" in reg_file.read_text(), "the new member in registry.json")
+        wait_for("the new member in registry.json", lambda: "isp-b" in reg_file.read_text(), 60)
         op.cli("suspend", "isp-b")
         op.cli("publish")
-        wait_for(lambda: json.loads(reg_file.read_text())["members"][1]["status"] == "suspended",
-                 "the suspension in registry.json")
+        wait_for("the suspension in registry.json",
+                 lambda: json.loads(reg_file.read_text())["members"][1]["status"] == "suspended", 60)
         st = box.status()["registry"]
         assert st["version"] == 3 and st["alarm"] is None
-        log = (Path(box.cfg.paths.log_dir) / "registry_sync.log").read_text()
-        assert "registry version 3" in log
+        wait_logged(Path(box.cfg.paths.log_dir) / "registry_sync.log", "registry version 3")
     finally:
         box.down()
 
@@ -93,7 +83,7 @@ def test_members_get_421_once_the_last_good_registry_expires_and_customers_do_no
         assert greeting_verdict(box, member, alice) == "accepted"
         shutil.rmtree(box.dir / "registry-repo" / "public")  # the registry server is gone...
         assert not run_round(cfg, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=100)).ok  # ...for 100 days
-        wait_for(lambda: greeting_verdict(box, member, alice) == "421 4.7.0", "members refused with 421")
+        wait_for("members refused with 421", lambda: greeting_verdict(box, member, alice) == "421 4.7.0", 60)
         # Customers are unaffected: authenticated submission still queues.
         sub = cfg.listeners.submission
         out = subprocess.run(["swaks", "--server", f"{sub.host}:{sub.port}", "--tls", "--auth", "PLAIN",

@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from appliance.registry.repo import OperatorRepo
 from tests.conftest import require
 from tests.helpers.box import Box, make_box, pids_under
+from tests.helpers.wait import wait_for
 from tests.registry.conftest import (
     Operator,
     add_box_member,
@@ -29,14 +29,6 @@ from tests.registry.conftest import (
     relay_running,
     swaks,
 )
-
-
-def wait_for(predicate: Callable[[], bool], what: str, attempts: int = 150) -> None:
-    for _ in range(attempts):
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never happened: {what}")
 
 
 def publish_and_wait_one_poll(op: Operator, *boxes: Box) -> int:
@@ -54,7 +46,7 @@ def publish_and_wait_one_poll(op: Operator, *boxes: Box) -> int:
                 return False
             return dt.datetime.fromisoformat(st["last_attempt"].replace("Z", "+00:00")).timestamp() > published_at
 
-        wait_for(polled_since, "a poll after publish")
+        wait_for("a poll after publish", polled_since, 30, interval=0.2)
         st = json.loads(state_file.read_text())
         assert st["version"] == version, f"{box.dir}: first poll after publish has version {st['version']}: {st}"
     return version
@@ -82,22 +74,22 @@ def test_member_suspended_and_reactivated_across_two_boxes(tmp_path: Path) -> No
         with relay_running(a), relay_running(b):
             out = swaks(a, b_address, alice, "--header", "Subject: while active")
             assert "250 2.0.0" in out and "queued" in out, out
-            wait_for(lambda: any(b"while active" in p.read_bytes() for p in (a.maildir(alice) / "new").glob("*")),
-                     "delivery to alice while B is active")
+            wait_for("delivery to alice while B is active",
+                     lambda: any(b"while active" in p.read_bytes() for p in (a.maildir(alice) / "new").glob("*")))
 
             op.cli("suspend", "b")
             publish_and_wait_one_poll(op, a, b)
             # The relay swaps in the new snapshot when registry.json's mtime changes (it checks every 2 s).
-            wait_for(lambda: greeting_verdict(a, b_address, alice) == "421 4.7.1", "A deferring suspended B", 60)
+            wait_for("A deferring suspended B", lambda: greeting_verdict(a, b_address, alice) == "421 4.7.1", 60)
             assert b.status()["registry"]["alarm"] is None
 
             op.cli("reactivate", "b")
             publish_and_wait_one_poll(op, a, b)
-            wait_for(lambda: greeting_verdict(a, b_address, alice) == "accepted", "A accepting B again", 60)
+            wait_for("A accepting B again", lambda: greeting_verdict(a, b_address, alice) == "accepted", 60)
             out = swaks(a, b_address, alice, "--header", "Subject: after reactivation")
             assert "250 2.0.0" in out and "queued" in out, out
-            wait_for(lambda: any(b"after reactivation" in p.read_bytes() for p in (a.maildir(alice) / "new").glob("*")),
-                     "delivery to alice after reactivation")
+            wait_for("delivery to alice after reactivation",
+                     lambda: any(b"after reactivation" in p.read_bytes() for p in (a.maildir(alice) / "new").glob("*")))
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,17 +100,6 @@ class DnsServer:
         self._stop = True
         self.thread.join(2)
         self.sock.close()
-
-
-def wait_for(pred, timeout: float = 30.0, what: str = "condition", interval: float = 0.05):  # type: ignore[no-untyped-def]
-    """Poll PRED until truthy (bounded); returns its value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def require_peers(*tools: str) -> None:

@@ -31,6 +31,7 @@ class RelayProcess:
     log_file: Path
     fault: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    python_args: tuple[str, ...] = ("-m", "services.relay")  # what runs the relay (bench: another event loop)
 
     def start(self, cfg: Config) -> RelayProcess:
         env = dict(os.environ)
@@ -38,7 +39,7 @@ class RelayProcess:
         if self.fault:
             env["APPLIANCE_FAULT"] = self.fault
         log = open(self.log_file, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.relay", "-c", str(self.config_file)],
+        self.proc = subprocess.Popen([sys.executable, *self.python_args, "-c", str(self.config_file)],
                                      stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + 30

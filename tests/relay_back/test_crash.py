@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Config
-from tests.relay_back.peers import wait_for
+from tests.helpers.wait import wait_for
 from tests.relay_back.relayproc import Load, RelayProcess, delivered_ids, raise_member_limits
 
 pytestmark = pytest.mark.peers
@@ -40,7 +40,7 @@ def restart_and_check(cfg: Config, procs: list[RelayProcess], tmp_path: Path, ac
     relay = RelayProcess(Path(cfg.source), tmp_path / "relay-final.log").start(cfg)
     procs.append(relay)
     queue = Path(cfg.paths.spool_dir) / "queue"
-    wait_for(lambda: not any(queue.iterdir()), 60, "queue drained after restart")
+    wait_for("queue drained after restart", lambda: not any(queue.iterdir()), 60)
     missing = set(acked) - delivered_ids(maildir(cfg))
     assert not missing, f"{len(missing)} acknowledged message(s) lost: {sorted(missing)[:5]}"
     assert not any((Path(cfg.paths.spool_dir) / "corrupt").iterdir())

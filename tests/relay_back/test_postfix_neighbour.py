@@ -10,8 +10,9 @@ import pytest
 
 from appliance.config import Config
 from appliance.tlsfiles import load_cert, spki_sha256
+from tests.helpers.wait import wait_for
 from tests.relay_back.conftest import write_registry
-from tests.relay_back.peers import require_peers, wait_for
+from tests.relay_back.peers import require_peers
 from tests.relay_back.postfix import PrivatePostfix
 from tests.relay_back.relayproc import RelayProcess, delivered_ids, raise_member_limits
 
@@ -54,7 +55,7 @@ def test_postfix_relays_to_our_mx(neighbour) -> None:  # type: ignore[no-untyped
               "--header", "Message-ID: <via-postfix@pf.test>", "--header", "Subject: from the neighbour")
     assert r.returncode == 0, r.stdout[-2000:]
     maildir = Path(cfg.paths.mail_dir) / "example.test" / "alice"
-    wait_for(lambda: "<via-postfix@pf.test>" in delivered_ids(maildir), 60, "Postfix -> our MX -> Maildir")
+    wait_for("Postfix -> our MX -> Maildir", lambda: "<via-postfix@pf.test>" in delivered_ids(maildir), 60)
     assert "status=sent" in pf.log() and f"127.0.0.1]:{cfg.listeners.mx.port}" in pf.log()
 
 
@@ -65,12 +66,12 @@ def test_our_delivery_reaches_postfix_over_pinned_tls(neighbour) -> None:  # typ
               "--from", "alice@example.test", "--to", "bob@pf.test",
               "--header", "From: alice@example.test", "--header", "Message-ID: <to-postfix@example.test>")
     assert r.returncode == 0, r.stdout[-2000:]
-    got = wait_for(lambda: list(pf.maildir_new.glob("*")) if pf.maildir_new.exists() else None, 60,
-                   "our relay -> Postfix")
+    got = wait_for("our relay -> Postfix",
+                   lambda: list(pf.maildir_new.glob("*")) if pf.maildir_new.exists() else None, 60)
     received = got[0].read_bytes()
     assert b"<to-postfix@example.test>" in received
     # Postfix saw a TLS session from our delivery worker (never plaintext to a member).
     assert b"(using TLSv1." in received.split(b"\n\n", 1)[0]
     assert "TLS connection established from localhost[127.0.0.1]" in pf.log()
     queue = Path(cfg.paths.spool_dir) / "queue"
-    wait_for(lambda: not any(queue.iterdir()), 30, "queue empty")
+    wait_for("queue empty", lambda: not any(queue.iterdir()), 30)

@@ -10,8 +10,8 @@ import pytest
 
 from appliance.config import Config
 from tests.helpers.box import run_cli
+from tests.helpers.wait import wait_for
 from tests.relay_back.conftest import tune, write_registry
-from tests.relay_back.peers import wait_for
 from tests.relay_back.relayproc import Load, RelayProcess, raise_member_limits
 
 pytestmark = pytest.mark.peers
@@ -41,7 +41,7 @@ def test_queue_commands(devbox: tuple[Path, Config], tmp_path: Path) -> None:
         load = Load(cfg.listeners.mx.host, cfg.listeners.mx.port, "alice@example.test", sessions=1, max_messages=2)
         load.run()
         assert len(load.acked) == 2
-        rows = wait_for(lambda: deferred(config_file, 2), 30, "both messages deferred once")
+        rows = wait_for("both messages deferred once", lambda: deferred(config_file, 2), 30)
         first, second = rows[0]["id"], rows[1]["id"]
         assert rows[0]["recipients"][0]["state"] == "pending"
         assert rows[0]["recipients"][0]["detail"].startswith("4.3.0")
@@ -53,9 +53,9 @@ def test_queue_commands(devbox: tuple[Path, Config], tmp_path: Path) -> None:
         # Unblock delivery, then ask the running relay to retry one message now (the backoff is an hour).
         (box_mail / "alice").unlink()
         assert "delivery attempt started" in run_cli(config_file, "queue", "retry", first).stdout
-        wait_for(lambda: [r["id"] for r in queue_json(config_file)] == [second], 30, "retried message delivered")
+        wait_for("retried message delivered", lambda: [r["id"] for r in queue_json(config_file)] == [second], 30)
         assert run_cli(config_file, "queue", "delete", second).returncode == 0
-        wait_for(lambda: queue_json(config_file) == [], 30, "deleted")
+        wait_for("deleted", lambda: queue_json(config_file) == [], 30)
         maildir_new = box_mail / "alice" / "new"
         assert len(os.listdir(maildir_new)) == 1  # the deleted one was never delivered
 
@@ -70,10 +70,10 @@ def test_queue_commands(devbox: tuple[Path, Config], tmp_path: Path) -> None:
         load2 = Load(cfg.listeners.mx.host, cfg.listeners.mx.port, "alice@example.test", sessions=1,
                      max_messages=1, tag="f")
         load2.run()
-        wait_for(lambda: deferred(config_file, 1), 30, "deferred")
+        wait_for("deferred", lambda: deferred(config_file, 1), 30)
         (box_mail / "alice").unlink()
         assert "started" in run_cli(config_file, "queue", "flush").stdout
-        wait_for(lambda: queue_json(config_file) == [], 30, "flushed")
+        wait_for("flushed", lambda: queue_json(config_file) == [], 30)
     finally:
         relay.stop()
 
@@ -85,7 +85,7 @@ def test_queue_commands(devbox: tuple[Path, Config], tmp_path: Path) -> None:
         load3 = Load(cfg.listeners.mx.host, cfg.listeners.mx.port, "alice@example.test", sessions=1,
                      max_messages=2, tag="g")
         load3.run()
-        wait_for(lambda: deferred(config_file, 2), 30, "deferred")
+        wait_for("deferred", lambda: deferred(config_file, 2), 30)
     finally:
         relay.stop()
     ids = [r["id"] for r in queue_json(config_file)]

@@ -18,8 +18,8 @@ from appliance.delivery import DeliveryManager
 from appliance.spool import Spool
 from appliance.tlsfiles import load_cert, spki_sha256
 from tests.helpers.box import make_box, run_cli
+from tests.helpers.wait import wait_for
 from tests.relay_back.conftest import tune
-from tests.relay_back.peers import wait_for
 from tests.relay_back.relayproc import RelayProcess, delivered_ids
 from tests.relay_back.test_delivery import MSG, until, with_relay
 
@@ -69,7 +69,7 @@ def test_relay_route_delivers_to_next_hop_over_pinned_tls(devbox: tuple[Path, Co
         pin = spki_sha256(load_cert(colo.tls.cert))
         good = sponsor_colo(config_file, cfg, {**hop, "spki_sha256": [pin]})
         deliver_once(good, lambda s, q: not s.path(q).exists())
-        wait_for(lambda: "<m1@example.test>" in delivered_ids(home), 30, "colo's relay to store the message")
+        wait_for("colo's relay to store the message", lambda: "<m1@example.test>" in delivered_ids(home), 30)
         got = next(p for sub in ("new", "cur") for p in (home / sub).glob("*")).read_bytes()
         head = got.split(b"\n\n", 1)[0]
         assert b"by mx.colo.test" in head and b"ESMTPS" in head, head  # colo took it over TLS

@@ -147,6 +147,7 @@ def test_25mb_through_20_sessions_keeps_relay_rss_under_100mb(big_relay: Relay) 
         for t in threads:
             t.join(0.2)
     hwm = rss_kb(pid, "VmHWM")
+    print(f"relay RSS: {at_data // 1024} MB with the sessions at DATA, peak {max(peak, hwm) // 1024} MB")
     assert not errors, errors[:3]
     assert len(replies) == SESSIONS and all(r.startswith("250") for r in replies), replies[:3]
     assert max(peak, hwm) < RSS_LIMIT_KB, (

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from appliance import supervision, watchdog
 from tests.helpers.box import Box, make_box, pids_under, run_cli
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.helpers.wait import wait_for
 
 
 class Supervisord:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import require
+from tests.helpers.wait import wait_for
 from tests.states.pebble import running_pebble
 from tests.states.tree import PILLAR_EXAMPLE, Container, Tree, booted
 
@@ -39,36 +39,26 @@ def supervised(c: Container) -> dict[str, str]:
     return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
 
 
-def wait_for(what: str, probe, timeout: float = 90):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
-
-
 def greeting(c: Container, port: int) -> str:
     def probe() -> str:
         r = c.run_in_netns("python3", "-c", GREETING, str(port))
         return r.stdout.strip() if r.returncode == 0 else ""
-    return wait_for(f"greeting on port {port}", probe)
+    return wait_for(f"greeting on port {port}", probe, 90, interval=0.5)
 
 
 def test_booted_box_runs_the_built_services_under_supervisor(applied: Tree, tmp_path: Path) -> None:
     with booted(applied.path, tmp_path / "console.log") as c:
         assert c.run("systemctl", "is-enabled", "appliance.service").stdout.strip() == "enabled"
         wait_for("appliance.service active", lambda: c.run("systemctl", "is-active", "appliance.service").stdout.strip()
-                 == "active")
+                 == "active", 90, interval=0.5)
         services = catalog(c)
         built = {n for n, b in services.items() if b}
         # supervisor runs exactly the built services and the watchdog event listener (it restarts
         # FATAL programs, appliance/watchdog.py), all RUNNING; not-built ones are absent.
         expected = built | {"watchdog"}
         states = wait_for("every built service and the watchdog RUNNING",
-                          lambda: (s := supervised(c)) and set(s) == expected and set(s.values()) == {"RUNNING"} and s)
+                          lambda: (s := supervised(c)) and set(s) == expected and set(s.values()) == {"RUNNING"} and s,
+                          90, interval=0.5)
         assert set(states) == expected
         # supervisord runs as the service user, not root.
         pid = c.run(*CTL, "pid").stdout.strip()
@@ -120,7 +110,7 @@ def test_certbot_mode_obtains_from_pebble_and_the_services_use_it(applied: Tree,
     require("pebble", "pebble-challtestsrv")
     with booted(applied.path, tmp_path / "console.log") as c:
         wait_for("appliance.service active", lambda: c.run("systemctl", "is-active", "appliance.service").stdout.strip()
-                 == "active")
+                 == "active", 90, interval=0.5)
         services = catalog(c)
         root = Path(f"/proc/{c.pid1}/root")  # the container's files, seen from the host
         with running_pebble(tmp_path / "pebble", ["nsenter", "-t", str(c.pid1), "-n"]) as peb:
@@ -149,7 +139,7 @@ def test_certbot_mode_obtains_from_pebble_and_the_services_use_it(applied: Tree,
             assert issued.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "mx.example.net"
             for svc, port in (("access", 993), ("relay", 465)):
                 if services.get(svc):
-                    wait_for(f"the services restarted on {port}", lambda p=port: greeting_der(c, p))
+                    wait_for(f"the services restarted on {port}", lambda p=port: greeting_der(c, p), 90, interval=0.5)
                     assert bytes.fromhex(greeting_der(c, port)) == issued.public_bytes(Encoding.DER)
             renew = (root / "etc/systemd/system/certbot.service.d/appliance.conf").read_text()
             assert "ExecStart=/usr/bin/certbot -q renew --no-random-sleep-on-renew" in renew

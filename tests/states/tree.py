@@ -87,6 +87,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Container:
     nspawn: subprocess.Popen[bytes]
@@ -105,18 +112,28 @@ class Container:
 
 
 @contextlib.contextmanager
-def booted(tree: Path, log: Path, timeout: float = 120) -> Iterator[Container]:
-    """Boot TREE with systemd-nspawn (changes go to a tmpfs overlay), yield it, power it off."""
+def booted(tree: Path, log: Path, timeout: float = 120, netns: str = "",
+           nspawn_args: tuple[str, ...] = ()) -> Iterator[Container]:
+    """Boot TREE with systemd-nspawn (changes go to a tmpfs overlay), yield it, power it off.
+
+    NETNS: the name of a network namespace the test made (tests/helpers/netns.py) to boot
+    the container in, instead of a private one with only loopback. NSPAWN_ARGS: more
+    systemd-nspawn options (e.g. --bind-ro=), before the kernel command line.
+    """
+    network = f"--network-namespace-path=/run/netns/{netns}" if netns else "--private-network"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(tree), "-b", "--register=no", "--keep-unit", "--private-network",
-             "--volatile=overlay", "--console=passive", "systemd.mask=systemd-networkd-wait-online.service"],
+            ["systemd-nspawn", "-D", str(tree), "-b", "--register=no", "--keep-unit", network,
+             "--volatile=overlay", "--console=passive", *nspawn_args,
+             "systemd.mask=systemd-networkd-wait-online.service"],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     pid1 = 0
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
-            kids = _children(proc.pid)
+            # The container's init, once it has exec'd systemd: nspawn may fork a short-lived
+            # helper first (seen with --network-namespace-path), whose pid would go stale.
+            kids = [k for k in _children(proc.pid) if _comm(k) == "systemd"]
             if kids:
                 pid1 = kids[0]
                 break

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,14 +71,35 @@ class Demo:
         return proc
 
     def stream(self, *argv: str, timeout: float) -> None:
-        """A long command (vagrant up, destroy): its output goes to the log as it comes."""
+        """A long command (vagrant up, destroy): its output goes to the log as it comes, each line
+        stamped with the seconds since the command started. Under software emulation on a loaded
+        host one step can take minutes; without the stamps that read as a hang (issue 20)."""
         with self.log.open("a") as log:
             log.write(f"\n$ {shlex.join(argv)}\n")
             log.flush()
             start = log.tell()
-            proc = subprocess.run(list(argv), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=timeout)
-            log.write(f"[exit {proc.returncode}]\n")
+            t0 = time.monotonic()
+            proc = subprocess.Popen(list(argv), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+            def copy() -> None:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    log.write(f"[{time.monotonic() - t0:7.1f}s] {raw.decode(errors='replace')}")
+                    log.flush()
+
+            copier = threading.Thread(target=copy, daemon=True)
+            copier.start()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                copier.join(timeout=10)
+                log.write(f"[timeout after {timeout:.0f}s]\n")
+                raise
+            copier.join(timeout=10)
+            log.write(f"[exit {proc.returncode} after {time.monotonic() - t0:.0f}s]\n")
         if proc.returncode != 0:
             with self.log.open("rb") as log:
                 log.seek(start)
@@ -148,8 +170,9 @@ def demo(pytestconfig: pytest.Config) -> Iterator[Demo]:
         d.stage("box add", t)
 
         t = time.monotonic()
-        # One machine at a time: in parallel, vagrant-libvirt 0.11.2 hung here (twice) with the
-        # domains defined and never started.
+        # One machine booting at a time: four under software emulation at once starve each other
+        # (and the host) for minutes. The "hang" once seen here was that slowness cut short
+        # (docs/testing.md, issue 20).
         d.stream("vagrant", "up", "--provider=libvirt", "--no-parallel", timeout=UP_TIMEOUT)
         d.stage("vagrant up", t)
 

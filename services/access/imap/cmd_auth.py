@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.python import log
 
+from appliance.fleet_config import normal_ip
 from services.access.backend import LoginRefused, LoginUnavailable
 from services.access.imap import accountstores, metrics
 from services.access.imap.dispatch import (
@@ -20,7 +21,7 @@ from services.access.imap.dispatch import (
     command,
 )
 from services.access.imap.errors import Bad, Done, No
-from services.access.imap.session import ENABLEABLE, Session
+from services.access.imap.session import ENABLEABLE, NOT_AUTHENTICATED, Session
 
 SERVER_ID = (("name", "ISP Mail Appliance"), ("vendor", "ISP Mail Appliance"), ("support-url", None))
 
@@ -61,13 +62,19 @@ async def starttls(s: Session, cmd: Any) -> None:
     s.discard_input()
 
 
-async def _login(s: Session, user: str, password: str) -> Done:
+def _peer(s: Session) -> str:
+    """The log fields of the client's address: ``ip=CLIENT`` and, through a fleet proxy, ``via=PROXY``."""
+    return f"ip={s.conn.client_ip}" + (f" via={s.conn.via}" if s.conn.via else "")
+
+
+async def _login(s: Session, user: str, password: str, tag: str) -> Done | None:
     if not s.conn.secure:
         raise No("LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")
     try:
         account = await s.backend.login(user, password, s.conn.client_ip)
     except LoginRefused:
         metrics.LOGINS.labels("imap", "failed").inc()
+        log.msg(f"imap login failed user={user[:200]!r} {_peer(s)}")
         raise No("Authentication failed", "AUTHENTICATIONFAILED") from None
     except LoginUnavailable as exc:
         metrics.LOGINS.labels("imap", "unavailable").inc()
@@ -84,6 +91,12 @@ async def _login(s: Session, user: str, password: str) -> Done:
             raise No(exc.text, "UNAVAILABLE") from None
         s.cap_release = lease.release
         s.conn.logged_in_ip_release()
+    home = s.backend.cfg.fleet.home_of(getattr(account, "home", ""))
+    log.msg(f"imap login user={account.address} {_peer(s)}" + (f" proxied-to={home}" if home else ""))
+    if home:  # the Maildir is on another box of the fleet: proxy the session there (docs/fleet.md)
+        from services.access.proxy import proxy_login
+
+        return await proxy_login(s, account, user, password, tag, home)
     try:
         store = await accountstores.acquire(s.backend, account)
     except Exception:
@@ -96,7 +109,7 @@ async def _login(s: Session, user: str, password: str) -> Done:
 
 @command("LOGIN", ONLY_NOT_AUTHENTICATED)
 async def login(s: Session, cmd: Any) -> Done:
-    return await _login(s, cmd.args.user, cmd.args.password)
+    return await _login(s, cmd.args.user, cmd.args.password, cmd.tag)
 
 
 @command("AUTHENTICATE", ONLY_NOT_AUTHENTICATED)
@@ -119,11 +132,32 @@ async def authenticate(s: Session, cmd: Any) -> Done:
     # RFC 4616: [authzid] NUL authcid NUL passwd; an authzid other than the user is refused.
     if len(parts) != 3 or (parts[0] and parts[0] != parts[1]):
         raise No("Authentication failed", "AUTHENTICATIONFAILED")
-    return await _login(s, parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace"))
+    return await _login(s, parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace"), cmd.tag)
+
+
+def _originating_ip(s: Session, params: Any) -> str:
+    """The client address a trusted fleet box's ID gives (Dovecot's ``x-originating-ip``), or "".
+    Believed only before login, once, from an address of `[fleet.boxes.*]`, and only a valid IP;
+    from anyone else it is ignored (RFC 2971 §3.1: ID is informational, never an error)."""
+    if not params or s.state != NOT_AUTHENTICATED or s.conn.via:
+        return ""
+    given = dict((k.lower(), v) for k, v in params).get("x-originating-ip")
+    if not given or normal_ip(s.conn.client_ip) not in s.backend.cfg.fleet.proxy_addresses():
+        return ""
+    ip = normal_ip(given)
+    if not ip:
+        log.msg(f"imap ID from fleet box {s.conn.client_ip}: x-originating-ip {given[:60]!r} is not an IP address")
+    return ip
 
 
 @command("ID", ANY)
 async def id_(s: Session, cmd: Any) -> Done:
+    origin = _originating_ip(s, cmd.args.params)
+    if origin:
+        refusal = s.conn.proxied_for(origin)
+        if refusal is not None:  # the client's own address is at its per-IP cap here, as if it came direct
+            s.bye(refusal, "UNAVAILABLE")
+            return Done("ID completed")
     # RFC 2971 §3.1: the server answers with its own parameters (or NIL).
     fields = []
     for k, v in SERVER_ID:

@@ -72,9 +72,12 @@ class _Message:
     """One message while its FETCH response is built: its bytes are read, and its MIME tree
     parsed, at most once whatever the number of items asked for."""
 
-    def __init__(self, mbox: Any, rec: Any) -> None:
+    def __init__(self, mbox: Any, rec: Any, known: dict[str, dict[int, bytes]],
+                 pending: list[tuple[int, str, bytes]]) -> None:
         self.mbox, self.rec = mbox, rec
         self._msg: Message | None = None
+        self.known = known  # cache key -> {uid: value}, read for the whole batch (``_batch``)
+        self.pending = pending  # cache rows to write, one transaction per batch
 
     @property
     def msg(self) -> Message:
@@ -86,10 +89,10 @@ class _Message:
         return self.msg.data
 
     def cached(self, key: str, build: Any) -> bytes:
-        value = self.mbox.cache_get(self.rec.uid, key)
+        value = self.known[key].get(self.rec.uid)
         if value is None:
             value = build(self.msg)
-            self.mbox.cache_put(self.rec.uid, key, value)
+            self.pending.append((self.rec.uid, key, value))
         return value
 
 
@@ -185,10 +188,22 @@ def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], see
             changed = list(result.changed)
             by_uid = {r.uid: r for r in changed}
             records = [by_uid.get(r.uid, r) for r in records]
+    pending: list[tuple[int, str, bytes]] = []
+    try:
+        return _responses(mbox, records, chunk, pos, atts, recent, view, changed, pending)
+    finally:
+        mbox.cache_put_many(pending)  # one commit (one fsync) for the batch's new ENVELOPEs etc.
+
+
+def _responses(mbox: Any, records: list[Any], chunk: list[int], pos: int, atts: tuple[FetchAtt, ...],
+               recent: set[int], view: Any, changed: list[Any],
+               pending: list[tuple[int, str, bytes]]) -> tuple[bytes, int, list[Any]]:
     flag_changed = {r.uid for r in changed}
     wants_flags = any(a.name == "FLAGS" for a in atts)
     meta = [_META_ITEMS.get(a.name) for a in atts]
     meta_only = None not in meta and not flag_changed
+    cache_keys = {_CACHED[a.name] for a in atts if a.name in _CACHED and a.section is None}
+    known = {key: mbox.cache_get_many([r.uid for r in records], key) for key in cache_keys}
     out: list[bytes] = []
     size = 0
     hint = 0
@@ -202,7 +217,7 @@ def _batch(mbox: Any, uids: list[int], pos: int, atts: tuple[FetchAtt, ...], see
             body = b" ".join([f(rec, recent) for f in meta])  # type: ignore[misc]
         else:
             flags = list(rec.flags) + (["\\Recent"] if rec.uid in recent else [])
-            m = _Message(mbox, rec)
+            m = _Message(mbox, rec, known, pending)
             try:
                 items = [_item(m, att, flags) for att in atts]
             except MailstoreError:

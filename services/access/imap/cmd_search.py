@@ -31,8 +31,13 @@ async def search(s: Session, cmd: Any) -> Done:
     if modseq:
         s.condstore = True
     terms = None if modseq else flag_terms(a.key)
+    if terms is not None and cmd.uid and a.ret is None and not s.rev2:
+        # The common case (a client's UID SEARCH UNSEEN): the answer's text comes from SQLite.
+        text = await storeio.run(flag_search, sel, *terms, text=True)
+        s.write(b"* SEARCH" + (b" " + text if text else b"") + b"\r\n")
+        return Done("SEARCH completed")
     if terms is not None:
-        uids = await storeio.run(flag_search, sel, *terms)
+        uids = list(await storeio.run(flag_search, sel, *terms))
         highest = 0
     else:
         hits, _ = await storeio.run(evaluate, sel, a.key)

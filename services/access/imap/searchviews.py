@@ -94,12 +94,16 @@ def flag_terms(key: SearchKey) -> tuple[list[str], list[str]] | None:
     return present, absent
 
 
-def flag_search(sel: Any, present: list[str], absent: list[str]) -> list[int]:
+def flag_search(sel: Any, present: list[str], absent: list[str], text: bool = False) -> Any:
     """In a worker thread: the UIDs of SEL's view matching the flag terms, filtered inside SQLite
-    (SEARCH UNSEEN over 100,000 messages without building a view of each, issue 13)."""
-    found = sel.mailbox.uids_with(present, absent)
-    live = set(sel.uids)  # the view: not what arrived since (no EXISTS yet), not held expunges
-    if sel.held:
-        live -= sel.held
-    return [u for u in found if u in live]
+    (SEARCH UNSEEN over 100,000 messages without building a view of each, issue 13): an array,
+    or with TEXT the ASCII decimals joined by spaces (made by SQLite, for a plain UID SEARCH).
 
+    The view is every UID in the index up to its last one: UIDs only grow (RFC 9051 §2.3.1.1),
+    so what arrived since (no EXISTS yet) is above it; what it holds as expunged but not yet
+    reported is no longer in the index, and matches nothing (as in ``views``).
+    """
+    last = sel.uids[-1] if sel.uids else 0
+    if text:
+        return sel.mailbox.uid_text_with(present, absent, upto=last)
+    return sel.mailbox.uids_with(present, absent, upto=last)

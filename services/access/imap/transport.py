@@ -59,6 +59,7 @@ class IMAPConnection(Protocol, TimeoutMixin):
         self.secure = implicit_tls
         self.compressed = False
         self.client_ip = "unknown"
+        self.via = ""  # the fleet box that proxies this client (client_ip is then the one its ID gave)
         self.session: Session | None = None
         self._inflate: Any = None
         self._deflate: Any = None
@@ -67,6 +68,7 @@ class IMAPConnection(Protocol, TimeoutMixin):
         self._input_paused = False
         self._release_ip: Any = None
         self._sock: Any = None
+        self.proxy: Any = None  # logged in to the account's home box: bytes go there (services/access/proxy.py)
 
     # --- Twisted ------------------------------------------------------------------------
 
@@ -90,6 +92,10 @@ class IMAPConnection(Protocol, TimeoutMixin):
         self.session.greeting()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.proxy is not None:
+            self.resetTimeout()
+            self.proxy.transport.write(data)  # proxied to the home box: relayed unchanged
+            return
         if self.session is None or self.session.closed:
             return
         self.resetTimeout()
@@ -121,6 +127,11 @@ class IMAPConnection(Protocol, TimeoutMixin):
             release, self._release_ip = self._release_ip, None
             release()
         self._output.resumeProducing()
+        if self.proxy is not None:
+            from services.access.proxy import client_gone
+
+            proxy, self.proxy = self.proxy, None
+            client_gone(proxy)
 
     def timeoutConnection(self) -> None:
         if self.session is not None and not self.session.closed:
@@ -171,11 +182,34 @@ class IMAPConnection(Protocol, TimeoutMixin):
     def authenticated(self) -> None:
         self.setTimeout(AUTH_TIMEOUT)
 
+    def detach_output(self) -> None:
+        """Proxying from now on: the session's output producer gives way to the home box's transport."""
+        if self._producer_registered:
+            self._producer_registered = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
     def logged_in_ip_release(self) -> None:
         """Logged in: this connection no longer counts against the per-IP cap (conncaps)."""
         if self._release_ip is not None:
             release, self._release_ip = self._release_ip, None
             release()
+
+    def proxied_for(self, ip: str) -> str | None:
+        """A trusted fleet box proxies the client at IP (its ID x-originating-ip): from now on this
+        connection is the client's, for the per-IP cap (the pre-login slot moves to IP), the login
+        limiter, the per-user+IP cap and the log. A refusal text if IP's per-IP cap is full."""
+        caps = getattr(self.backend, "caps", None)
+        if caps is not None and self._release_ip is not None:
+            from services.access.conncaps import CapReached
+
+            try:
+                lease = caps.open_ip(ip, "imap")
+            except CapReached as exc:
+                return exc.text
+            release, self._release_ip = self._release_ip, lease.release
+            release()
+        self.via, self.client_ip = self.client_ip, ip
+        return None
 
     def drain(self) -> defer.Deferred[None]:
         """Fires when the transport can take more output (at once if it can now)."""

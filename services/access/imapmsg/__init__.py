@@ -85,7 +85,10 @@ class Message:
         return self._tree
 
     def envelope(self) -> bytes:
-        return _env.envelope_of(self.tree)
+        # The top-level header is all ENVELOPE needs: without a parsed tree, the body is never scanned.
+        if self._tree is None:
+            return _env.envelope_of(mimetree.header_fields(self.data))
+        return _env.envelope_of(self._tree.fields)
 
     def bodystructure(self, extended: bool) -> bytes:
         return _bs.write_root(self.data, self.tree, extended)

@@ -115,7 +115,7 @@ def write(data: bytes, part: mimetree.Part, extended: bool) -> bytes:
     if part.message is not None:
         # RFC 9051 §7.5.2: a MESSAGE/RFC822 (or MESSAGE/GLOBAL) part carries the envelope and
         # body structure of the encapsulated message and the size of its body in lines.
-        fields += [envelope.envelope_of(part.message), write(data, part.message, extended),
+        fields += [envelope.envelope_of(part.message.fields), write(data, part.message, extended),
                    b"%d" % lines]
     elif mtype.lower() == "text":
         fields.append(b"%d" % lines)

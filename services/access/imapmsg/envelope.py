@@ -17,6 +17,7 @@ marker ``(NIL NIL "name" NIL)``, its members, and an end marker ``(NIL NIL NIL N
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from services.access.imapmsg import mimetree, rfc822
@@ -221,7 +222,42 @@ class _AddressParser:
         return ret
 
 
+# The common shapes, ``Name Words <local@domain>`` and ``local@domain`` in US-ASCII with single
+# spaces and no comments, quotes or groups, parse to what the full parser gives without its
+# byte-by-byte walk (about half the cost of a first ENVELOPE, issue 13). Anything else, and any
+# list with one element not of these shapes, goes to the full parser.
+_AT = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"  # RFC 5322 §3.2.3 atext (ASCII)
+_DOT_ATOM = rb"%s+(?:\.%s+)*" % (_AT, _AT)
+_PLAIN = re.compile(rb"(?:(?P<name>[A-Za-z0-9!#$%%&'*+/=?^_`{|}~.-]+(?: [A-Za-z0-9!#$%%&'*+/=?^_`{|}~.-]+)*) ?)?"
+                    rb"<(?P<lp>%s)@(?P<dom>%s)>|(?P<blp>%s)@(?P<bdom>%s)" % ((_DOT_ATOM,) * 4))
+_NOT_PLAIN = frozenset(b'"()\\:;[]')
+
+
+def _plain_addresses(value: bytes) -> list[Address] | None:
+    """The fast path: the addresses of VALUE if every element is a plain one, else None."""
+    if not value or not value.isascii() or any(c in _NOT_PLAIN for c in value):
+        return None
+    out: list[Address] = []
+    for item in value.split(b","):
+        m = _PLAIN.fullmatch(item.strip(b" \t\r\n"))
+        if m is None:
+            return None
+        if m.group("lp") is not None:
+            name = m.group("name")
+            out.append(Address(name=name.decode() if name else None, mailbox=m.group("lp").decode(),
+                               domain=m.group("dom").decode()))
+        else:
+            out.append(Address(mailbox=m.group("blp").decode(), domain=m.group("bdom").decode()))
+    return out
+
+
 def parse_addresses(value: bytes) -> list[Address]:
+    plain = _plain_addresses(value)
+    return plain if plain is not None else parse_addresses_full(value)
+
+
+def parse_addresses_full(value: bytes) -> list[Address]:
+    """The RFC 5322 §3.4 parser for any input (Dovecot's rules); ``parse_addresses`` tries the fast path first."""
     return _AddressParser(value).address_list()
 
 
@@ -239,11 +275,11 @@ def write_addresses(addrs: list[Address] | None) -> bytes:
 _ADDRESS_FIELDS = ("from", "sender", "reply-to", "to", "cc", "bcc")
 
 
-def envelope_of(part: mimetree.Part) -> bytes:
-    """The ENVELOPE of the message whose header is PART's header block."""
+def envelope_of(header: list[mimetree.HeaderField]) -> bytes:
+    """The ENVELOPE of the message whose header fields are HEADER."""
     strings: dict[str, bytes | None] = {"date": None, "subject": None, "in-reply-to": None, "message-id": None}
     addrs: dict[str, list[Address] | None] = dict.fromkeys(_ADDRESS_FIELDS)
-    for f in part.fields:
+    for f in header:
         n = f.lname
         if n in strings:
             strings[n] = mimetree.field_value(f)
@@ -269,4 +305,4 @@ def envelope_of(part: mimetree.Part) -> bytes:
 
 def envelope(data: bytes) -> bytes:
     """The serialized ENVELOPE of message DATA (RFC 9051 §7.5.2)."""
-    return envelope_of(mimetree.parse_header_only(mimetree.crlf(data)))
+    return envelope_of(mimetree.header_fields(mimetree.crlf(data)))

@@ -464,6 +464,11 @@ def _parse_multipart(cur: _Cursor, part: Part, bounds: list[bytes], digest: bool
         part.children.append(child)
 
 
+def header_fields(data: bytes) -> list[HeaderField]:
+    """The fields of DATA's top-level header, nothing else parsed (ENVELOPE needs no Content-Type)."""
+    return _parse_header(_Cursor(data), 0, [])[0]
+
+
 def parse_header_only(data: bytes) -> Part:
     """The top-level header of DATA without looking at the body (ENVELOPE, SORT, THREAD)."""
     part = Part(start=0)

@@ -88,6 +88,12 @@ class CommandReader:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def take_buffered(self) -> bytes:
+        """The input not parsed yet, removed (a proxied login hands it to the home box)."""
+        rest = bytes(self._buf[self._pos:])
+        self._buf, self._pos = bytearray(), 0
+        return rest
+
     def read_line(self) -> None:
         """The next complete line is returned as RawLine (AUTHENTICATE exchange, IDLE "DONE")."""
         self._raw = True

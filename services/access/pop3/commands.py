@@ -35,6 +35,7 @@ _ARITY: dict[str, tuple[int, int] | None] = {
     "RETR": (1, 1), "DELE": (1, 1),
     "TOP": (2, 2),
     "XTND": (1, 1),
+    "XCLIENT": (1, 4),  # from a fleet box only (services/access/pop3/xclient.py)
 }
 # Commands whose arguments are message numbers (then, for TOP, a line count).
 _NUMBERED = {"LIST", "UIDL", "RETR", "DELE", "TOP"}

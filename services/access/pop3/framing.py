@@ -22,6 +22,12 @@ class LineFramer:
     def buffered(self) -> int:
         return len(self._buf) - self._pos
 
+    def take_rest(self) -> bytes:
+        """Everything not read yet, removed from the buffer."""
+        rest = bytes(self._buf[self._pos:])
+        self.clear()
+        return rest
+
     def clear(self) -> None:
         """Forget everything unread (RFC 2595 §4: what was pipelined behind STLS)."""
         self._buf.clear()

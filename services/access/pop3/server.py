@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from appliance.accounts import Account
-from appliance.mailstore import MailstoreError
 from appliance.submitclient import Reply
 from services.access.backend import Backend, LoginRefused, LoginUnavailable
 from services.access.conncaps import CapReached, Lease
@@ -43,13 +42,13 @@ from services.access.pop3.commands import (
     plain_credentials,
 )
 from services.access.pop3.framing import LineFramer
-from services.access.pop3.maildrop import LOCKS, Maildrop, MaildropLocks, MessageReader, account_store
+from services.access.pop3.maildrop import LOCKS, Maildrop, MaildropLocks, account_store
 from services.access.pop3.stream import Stream
+from services.access.pop3.transaction import TransactionCommands
 from services.access.pop3.transport import set_nodelay
 from services.access.pop3.xmit import MAX_XMIT_LINE, Incoming
 
 MAX_INPUT = 65536  # octets of pipelined input buffered before the transport is paused
-LIST_BATCH = 1024  # LIST/UIDL lines written per piece
 # Unknown commands in a row before the connection is closed (Dovecot's limits: a client that
 # speaks another protocol, e.g. HTTP sent to port 110, is not answered line by line for long).
 MAX_BAD_BEFORE_LOGIN = 3
@@ -61,7 +60,7 @@ COMMANDS = Counter("access_pop3_commands", "POP3 commands answered, by command a
 
 
 @implementer(IPushProducer)
-class POP3Server(Protocol, TimeoutMixin):
+class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
     """One POP3 connection; also the transport's producer, so replies never pile up unread."""
 
     timeOut = 600  # RFC 1939 §3: an autologout timer of at least 10 minutes
@@ -94,11 +93,18 @@ class POP3Server(Protocol, TimeoutMixin):
         self._live = (0, 0)  # messages and octets not marked deleted (STAT)
         self._stream: Stream | None = None
         self._xmit: Incoming | None = None  # XTND XMIT: the message being received
+        self.proxy: Any = None  # logged in to the account's home box: bytes go there (services/access/proxy.py)
+        self._credentials: tuple[str, str] | None = None  # of the login in progress, for the proxy
+        self.origin = self.via = ""  # the customer's address and the fleet box proxying it (XCLIENT)
 
     # --- connection ---------------------------------------------------------------------
 
     @property
     def client_ip(self) -> str:
+        return self.origin or self.peer_ip
+
+    @property
+    def peer_ip(self) -> str:
         return str(getattr(self.transport.getPeer(), "host", "unknown"))
 
     def connectionMade(self) -> None:
@@ -123,6 +129,11 @@ class POP3Server(Protocol, TimeoutMixin):
             metrics.SESSIONS.labels("pop3").dec()
         self._closed = True
         self._release()
+        if self.proxy is not None:
+            from services.access.proxy import client_gone
+
+            proxy, self.proxy = self.proxy, None
+            client_gone(proxy)
 
     def _release(self) -> None:
         """Give back everything the session holds (idempotent). Without QUIT nothing is deleted (RFC 1939 §6)."""
@@ -166,6 +177,10 @@ class POP3Server(Protocol, TimeoutMixin):
     # --- input: framing and dispatch --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self.proxy is not None:
+            self.resetTimeout()
+            self.proxy.transport.write(data)  # proxied to the home box: relayed unchanged
+            return
         self._framer.feed(data)
         self._process()
 
@@ -355,6 +370,12 @@ class POP3Server(Protocol, TimeoutMixin):
         user, self._user = self._user, None
         self._login(user, cmd.args[0])
 
+    def take_input(self) -> bytes:
+        """Input not read yet, removed (a proxied login hands it to the home box)."""
+        rest = self._framer.take_rest()
+        self._quit = True  # nothing more is read here: the home box's session answers from now on
+        return rest
+
     def do_AUTH(self, cmd: Command) -> None:
         if not cmd.args:
             # RFC 1734 clients ask for the mechanism list with a bare AUTH (Dovecot answers it too).
@@ -391,6 +412,7 @@ class POP3Server(Protocol, TimeoutMixin):
         self._login(login, password)
 
     def _login(self, user: str, password: str) -> None:
+        self._credentials = (user, password)  # for a login proxied to the home box (services/access/proxy.py)
         d = self.backend.login(user, password, self.client_ip, protocol="pop3")
         d.addCallbacks(self._authenticated, self._login_failed)
         self._wait(d)
@@ -410,6 +432,11 @@ class POP3Server(Protocol, TimeoutMixin):
     def _authenticated(self, account: Account) -> defer.Deferred[None] | None:
         if self._closed:
             return None
+        home = self.backend.cfg.fleet.home_of(getattr(account, "home", ""))
+        if home:  # the maildrop is on another box of the fleet (docs/fleet.md "Home boxes")
+            from services.access.proxy import proxy_pop3
+
+            return defer.ensureDeferred(proxy_pop3(self, account, home))
         try:
             lease = self.backend.caps.open_user(account, self.client_ip, "pop3")
         except CapReached as exc:
@@ -446,127 +473,12 @@ class POP3Server(Protocol, TimeoutMixin):
             self._locked = None
         self.err("[SYS/TEMP] Cannot open the mailbox")
 
-    # --- TRANSACTION -------------------------------------------------------------------------
-
-    def _need_transaction(self) -> bool:
-        if self.state != "transaction":
-            self._unknown("Unknown command in this state (log in first)")
-            return False
-        return True
-
-    def _message(self, n: int | None) -> bool:
-        """Whether N names a message of this session that is not marked deleted; answers -ERR if not."""
-        assert self.drop is not None and n is not None
-        if not 1 <= n <= len(self.drop):
-            self.err(f"There's no message {n}")
-            return False
-        if n in self._deleted:
-            self.err("Message is deleted")
-            return False
-        return True
-
-    def do_STAT(self, cmd: Command) -> None:
-        if self._need_transaction():
-            self.ok(f"{self._live[0]} {self._live[1]}")
-
-    def do_LIST(self, cmd: Command) -> None:
-        self._listing(cmd, lambda n: b"%d" % self.drop.sizes[n - 1])  # type: ignore[union-attr]
-
-    def do_UIDL(self, cmd: Command) -> None:
-        self._listing(cmd, lambda n: self.drop.unique_id(n))  # type: ignore[union-attr]
-
-    def _listing(self, cmd: Command, value: Any) -> None:
-        if not self._need_transaction():
-            return
-        drop = self.drop
-        assert drop is not None
-        if cmd.msg is not None:
-            if self._message(cmd.msg):
-                self.ok(f"{cmd.msg} {value(cmd.msg).decode()}")
-            return
-        self.ok(f"{self._live[0]} messages ({self._live[1]} octets)" if cmd.verb == "LIST" else "")
-        numbers = iter(range(1, len(drop) + 1))
-        deleted = self._deleted
-        finished = False
-
-        def piece() -> bytes | None:
-            nonlocal finished
-            if finished:
-                return None
-            out = []
-            for n in numbers:
-                if n not in deleted:
-                    out.append(b"%d %s\r\n" % (n, value(n)))
-                    if len(out) >= LIST_BATCH:
-                        return b"".join(out)
-            finished = True
-            return b"".join(out) + b".\r\n"
-
-        self._wait(self._stream_out(piece))
-
-    def _stream_out(self, source: Any) -> defer.Deferred[None]:
-        """Write SOURCE's pieces at the client's pace; further commands wait until it is all written."""
-        stream = Stream(self.transport.write, source, self.resetTimeout)
-        self._stream = stream
-
-        def ended(result: Any) -> Any:
-            self._stream = None
-            return result
-
-        return stream.start(paused=self._output_paused).addBoth(ended)
-
-    def do_RETR(self, cmd: Command) -> None:
-        self._send_message(cmd, None)
-
-    def do_TOP(self, cmd: Command) -> None:
-        self._send_message(cmd, cmd.lines)
-
-    def _send_message(self, cmd: Command, body_lines: int | None) -> None:
-        """RETR/TOP: open the file in a worker thread, then stream it in CHUNK pieces (never whole)."""
-        if not self._need_transaction() or not self._message(cmd.msg):
-            return
-        drop, n = self.drop, cmd.msg
-        assert drop is not None and n is not None
-        d = threads.deferToThread(drop.open_message, n, body_lines)
-
-        def opened(reader: MessageReader) -> defer.Deferred[None] | None:
-            if self._closed:
-                threads.deferToThread(reader.close)
-                return None
-            # RFC 1939 §7 RETR: "+OK" then the message; the size is the one LIST gave.
-            self.ok(f"{drop.sizes[n - 1]} octets" if body_lines is None else "")
-
-            def sent(result: Any) -> Any:
-                # After a lost connection a read may still be running: close() waits for it.
-                threads.deferToThread(reader.close).addErrback(log.err)
-                if body_lines is None and not self._closed:
-                    self._retrieved.add(n)  # gets \Seen in the UPDATE state
-                return result
-
-            return self._stream_out(lambda: threads.deferToThread(reader.next_chunk)).addBoth(sent)
-
-        def missing(f: Failure) -> None:
-            f.trap(MailstoreError)
-            self.err("Message was removed by another session")
-
-        d.addCallbacks(opened, missing)
-        self._wait(d)
-
-    def do_DELE(self, cmd: Command) -> None:
-        if self._need_transaction() and self._message(cmd.msg):
-            assert self.drop is not None and cmd.msg is not None
-            self._deleted.add(cmd.msg)
-            self._live = (self._live[0] - 1, self._live[1] - self.drop.sizes[cmd.msg - 1])
-            self.ok(f"Message {cmd.msg} marked to be deleted")
-
-    def do_RSET(self, cmd: Command) -> None:
-        if self._need_transaction():
-            assert self.drop is not None
-            self._deleted.clear()
-            self._live = (len(self.drop), sum(self.drop.sizes))
-            self.ok(f"Maildrop has {self._live[0]} messages ({self._live[1]} octets)")
-
     # --- XTND XMIT: sending inside POP ----------------------------------------------------------
+
+    def do_XCLIENT(self, cmd: Command) -> None:
+        from services.access.pop3.xclient import handle
+
+        handle(self, cmd.args)
 
     def do_XTND(self, cmd: Command) -> None:
         if cmd.args[0].upper() != "XMIT":
