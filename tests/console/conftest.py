@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import tomli_w
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from tests.console.png import non_blank_share
@@ -123,7 +123,22 @@ def submit(driver: webdriver.Chrome, button: WebElement) -> None:
     ends, and the next command must not race the POST's redirect."""
     old = driver.find_element(By.TAG_NAME, "html")
     button.click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 30).until(lambda _: _replaced(old))
+
+
+def _replaced(old: WebElement) -> bool:
+    """Whether OLD's page has been replaced. Like selenium's staleness_of, but also counting the
+    answer ChromeDriver gives when asked in the middle of the navigation (seen once in CI): an
+    "unknown error" saying the node does not belong to the document, instead of a stale reference."""
+    try:
+        old.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc) or "No node with given id" in str(exc):
+            return True
+        raise
+    return False
 
 
 def screenshot(driver: webdriver.Chrome, name: str) -> Path:
