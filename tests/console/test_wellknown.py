@@ -247,3 +247,24 @@ def test_doctor_fetches_every_name_with_the_certificate_verified(wk: WellKnown) 
     # On loopback and not port 443: said, as a warning.
     assert found["mta-sts reachable"]["level"] == "warning"
     assert found["listener wellknown"]["level"] == "ok", found["listener wellknown"]
+
+
+def test_doctor_says_when_the_certificate_does_not_name_a_domains_names(wk: WellKnown, tmp_path: Path) -> None:
+    # A domain added to the config but not yet to the certificate (nor to the running console).
+    data = tomllib.loads(wk.config.read_text())
+    data["box"]["domains"].append("third.test")
+    added = tmp_path / "added.toml"
+    added.write_text(tomli_w.dumps(data))
+    found = {f["check"]: f for f in json.loads(run_cli(added, "doctor", "--json", check=False).stdout)}
+    for check in ("mta-sts policy third.test", "autoconfig third.test", "autodiscover third.test"):
+        assert found[check]["level"] == "error", found[check]
+        assert "does not verify for" in found[check]["summary"], found[check]
+    assert found["mta-sts policy second.test"]["level"] == "ok"
+
+
+def test_the_per_client_cap_counts_ipv6_by_its_64() -> None:
+    from services.console.wellknown import client_key
+
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
