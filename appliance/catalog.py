@@ -47,9 +47,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "console",
         "services.console",
-        ("console",),
+        ("console", "wellknown"),
         built=True,
-        description="Web console: health, queue, accounts, limits, graphs; autoconfig (twisted.web)",
+        description="Web console: health, queue, accounts, limits, graphs; the well-known names (twisted.web)",
     ),
 )
 

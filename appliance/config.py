@@ -155,6 +155,22 @@ class Listener(_Model):
         return v
 
 
+class WellKnownListener(Listener):
+    """The public HTTPS listener for the well-known names (services/console/wellknown.py, docs/console.md):
+    mta-sts.DOMAIN, autoconfig.DOMAIN, autodiscover.DOMAIN and box.hostname. Off until its table is written."""
+
+    host: str = Field("0.0.0.0", description="Address to bind (public: senders and mail clients fetch from outside).")
+    port: Port = Field(443, description="TCP port (RFC 8461 3.3 and the mail clients use 443).")
+    tls: TlsMode = Field("implicit", description="Must be `implicit` (HTTPS only).")
+    max_connections: int = Field(200, ge=1, le=100_000, description="Open connections at most, all clients together.")
+    max_per_client: int = Field(8, ge=1, le=10_000,
+                                description="Open connections at most per client address (IPv6 counted by /64).")
+    connection_lifetime: float = Field(
+        30.0, ge=1.0, le=3600.0,
+        description="Seconds a connection may live in all, the TLS handshake included; then it is closed.",
+    )
+
+
 class ListenersConfig(_Model):
     """Every endpoint the box serves. The relay owns mx/submission/submissions, the access service the rest."""
 
@@ -181,6 +197,12 @@ class ListenersConfig(_Model):
         default_factory=lambda: Listener(host="127.0.0.1", port=8443, tls="implicit"),
         description="The web console (HTTPS with the box's certificate, docs/console.md): loopback by default, "
         "reached over `ssh -L`; `tls` must be `implicit`.",
+    )
+    wellknown: WellKnownListener = Field(
+        default_factory=lambda: WellKnownListener(enabled=False),
+        description="MTA-STS policy, Thunderbird autoconfig and Outlook Autodiscover on the public names over "
+        "HTTPS (docs/console.md). Off unless a `[listeners.wellknown]` table is written (then on by default): "
+        "its names join the certificate's, and each must resolve to the box first.",
     )
 
 
@@ -641,6 +663,12 @@ class Config(_Model):
         if self.listeners.console.tls != "implicit":
             # Passwords and session cookies (Secure) travel over it: HTTPS only.
             raise ValueError("listeners.console.tls: must be 'implicit' (the console is served over HTTPS only)")
+        wk, con = self.listeners.wellknown, self.listeners.console
+        if wk.enabled:
+            if wk.tls != "implicit":
+                raise ValueError("listeners.wellknown.tls: must be 'implicit' (the well-known names are HTTPS only)")
+            if con.enabled and wk.port == con.port and _overlap(wk.host, con.host):
+                raise ValueError(f"listeners.wellknown.port: {wk.port} is the console's port (listeners.console.port)")
         if self.box.role == "edge" and self.relay.upstream is None:
             raise ValueError("relay.upstream: required when box.role is 'edge'")
         if self.box.role == "member" and not self.box.member_id:
@@ -679,6 +707,12 @@ class Config(_Model):
     @property
     def authserv_id(self) -> str:
         return self.relay.verify.authserv_id or self.box.hostname
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether binding A and B on one port would clash (the same address, or a wildcard of one family)."""
+    wild = {"0.0.0.0", "::"}
+    return a == b or a in wild or b in wild
 
 
 def _format_error(path: str, err: dict[str, Any]) -> str:

@@ -15,10 +15,11 @@ from pathlib import Path
 import tomli_w
 
 from appliance import config as config_mod
+from appliance.publish.records import WEB_NAMES
 from appliance.tlsfiles import make_dkim_key, make_self_signed
 
 LISTENER_ORDER = ("mx", "submission", "submissions", "imap", "imaps", "pop3", "pop3s", "metrics", "access_metrics",
-                  "console")
+                  "console", "wellknown")
 LISTENER_TLS = {
     "mx": "starttls",
     "submission": "starttls",
@@ -30,6 +31,7 @@ LISTENER_TLS = {
     "metrics": "none",
     "access_metrics": "none",
     "console": "implicit",
+    "wellknown": "implicit",  # MTA-STS, autoconfig, Autodiscover (docs/console.md)
 }
 
 
@@ -99,7 +101,9 @@ def init_dev(
         (d / sub).mkdir(parents=True, exist_ok=True)
 
     cert, key = d / "etc/tls/cert.pem", d / "etc/tls/key.pem"
-    make_self_signed(cert, key, [hostname, "localhost", host])
+    # The well-known listener's names too (mta-sts., autoconfig., autodiscover.DOMAIN), so a client
+    # trusting the dev certificate can fetch them with verification (curl --resolve).
+    make_self_signed(cert, key, [hostname, "localhost", host, *(f"{label}.{domain}" for label in WEB_NAMES)])
     dkim_key = d / "etc/dkim/mail.key"
     txt = make_dkim_key(dkim_key)
     (d / "etc/dkim/mail.txt").write_text(f"mail._domainkey.{domain}. IN TXT \"{txt}\"\n")

@@ -53,6 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"console: listening on https://{lst.host}:{lst.port}/", flush=True)
     else:
         print("console: listeners.console is disabled; only sampling the graphs' counters", flush=True)
+    wk = cfg.listeners.wellknown
+    if wk.enabled:
+        from services.console.wellknown import wellknown_factory
+
+        try:
+            reactor.listenSSL(wk.port, wellknown_factory(console), tls, interface=wk.host)  # type: ignore[attr-defined]
+        except CannotListenError as exc:
+            print(f"console: cannot listen on listeners.wellknown {wk.host}:{wk.port}: {exc.socketError}",
+                  file=sys.stderr)
+            return 1
+        print(f"console: well-known names on https://{wk.host}:{wk.port}/", flush=True)
 
     wanted = {name for name in SOURCES if getattr(cfg.listeners, name).enabled}
     seen: set[str] = set()

@@ -36,6 +36,8 @@ class Req:
     cookies: dict[str, str]
     client_ip: str
     body: bytes = b""
+    host: str = ""  # the Host header without its port, lower-cased (the well-known listener routes by it;
+    # an IDN arrives as its A-label)
 
 
 @dataclass
@@ -127,7 +129,8 @@ class Dispatcher(Resource):
         req = Req(method=request.method.decode("ascii", "replace"),
                   path=request.path.decode("utf-8", "replace"),
                   query=query, form=form, cookies=_cookies(request.getHeader(b"cookie")),
-                  client_ip=str(getattr(addr, "host", "")), body=body)
+                  client_ip=str(getattr(addr, "host", "")), body=body,
+                  host=request.getRequestHostname().decode("ascii", "replace").lower().rstrip("."))
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))  # the client went away
         d = threads.deferToThread(self._route, req)

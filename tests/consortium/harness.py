@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_PORT = 10025
 PORTS = {"mx": 10025, "submission": 10026, "submissions": 10027, "imap": 10028, "imaps": 10029,
          "pop3": 10030, "pop3s": 10031, "metrics": 10032, "access_metrics": 10033,
-         "console": 10034}
+         "console": 10034, "wellknown": 10035}
 REGISTRY_PORT = 8080
 PASSWORD = "correct horse battery staple"
 
