@@ -32,6 +32,11 @@ def test_dev_config_loads(box: Box) -> None:
         ("[relay]\n", "[relay]\nmax_recipient = 5\n", "relay.max_recipient", "unknown key"),
         ('role = "member"', 'role = "hub"', "box.role", "'hub'"),
         ("[relay]\n", "[relay]\nmax_message_size = -1\n", "relay.max_message_size", "-1"),
+        # HOST:PORT keys (appliance/hostport.py): a `_` in a host name is refused, naming the key.
+        ("[relay]\n", '[fleet.boxes.b]\nrelay = "mx_b.test:25"\naccess = "[::1]:993"\n\n[relay]\n',
+         "fleet.boxes.b.relay", "'mx_b.test' is not a host name"),
+        ("[relay]\n", '[fleet.boxes.b]\nrelay = "mx.b.test:25"\naccess = "[::1]x:993"\n\n[relay]\n',
+         "fleet.boxes.b.access", "after ']'"),
     ],
 )
 def test_bad_value_refused_with_key(box: Box, old: str, new: str, key: str, fragment: str) -> None:
