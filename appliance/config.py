@@ -137,6 +137,17 @@ class DkimConfig(_Model):
     )
 
 
+def ip_list(v: list[str]) -> list[str]:
+    """IP address list keys (relay.resolver.nameservers, publish.addresses): each one normalised, the bad one named."""
+    out = []
+    for a in v:
+        try:
+            out.append(str(ipaddress.ip_address(a)))
+        except ValueError:
+            raise ValueError(f"{a!r} is not an IP address") from None
+    return out
+
+
 class Listener(_Model):
     """One listening endpoint."""
 
@@ -269,13 +280,7 @@ class ResolverConfig(_Model):
     @field_validator("nameservers")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        out = []
-        for a in v:
-            try:
-                out.append(str(ipaddress.ip_address(a)))
-            except ValueError:
-                raise ValueError(f"{a!r} is not an IP address") from None
-        return out
+        return ip_list(v)
 
 
 class VerifyConfig(_Model):
@@ -623,13 +628,7 @@ class PublishConfig(_Model):
     @field_validator("addresses")
     @classmethod
     def _addresses(cls, v: list[str]) -> list[str]:
-        out = []
-        for a in v:
-            try:
-                out.append(str(ipaddress.ip_address(a)))
-            except ValueError:
-                raise ValueError(f"{a!r} is not an IP address") from None
-        return out
+        return ip_list(v)
 
     @field_validator("report_address")
     @classmethod

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from appliance import hostport
+
 BOX_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -22,18 +24,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def parse_hostport(value: str) -> tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT -> (host, port); ValueError says what is wrong."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", value)
-    if not m:
-        raise ValueError("must be HOST:PORT (or [IPV6]:PORT)")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if m.group(1):
-        ipaddress.IPv6Address(host)  # ValueError for a bad literal
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range")
-    return host, port
+def parse_hostport(value: str, what: str = "fleet.boxes.NAME") -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT -> (host, port) (appliance/hostport.py); ValueError names WHAT."""
+    return hostport.parse(value, what)
 
 
 class FleetBox(_Model):
@@ -75,7 +68,7 @@ class FleetBox(_Model):
     @classmethod
     def _hostport(cls, v: str, info: ValidationInfo) -> str:
         if v or info.field_name != "pop3":  # pop3 may be empty (not proxied)
-            parse_hostport(v)
+            parse_hostport(v, f"fleet.boxes.NAME.{info.field_name}")
         return v
 
     def relay_hop(self) -> tuple[str, int]:

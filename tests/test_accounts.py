@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.synchronize
 import sqlite3
@@ -112,6 +113,14 @@ def test_cli_user_lifecycle_never_shows_password(box: Box) -> None:
         r = box.cli("user", "limits", "bob@example.test", "--per-minute", bad, "--burst", "2", check=False)
         assert r.returncode == 1 and "limits must be positive" in r.stderr, (bad, r.stderr)
     assert '"per_minute": 5.0' in box.cli("user", "list", "--json").stdout
+    # show --json is the account as list --json has it, without the quota usage (one builder for both).
+    listed = {a["address"]: a for a in json.loads(box.cli("user", "list", "--json").stdout)}
+    shown = json.loads(box.cli("user", "show", "bob@example.test", "--json").stdout)
+    assert listed["bob@example.test"] == {**shown, "quota": listed["bob@example.test"]["quota"]}
+    assert shown["identities"] == ["robert@example.test"] and shown["home_is_this_box"]
+    for verb in (("show",), ("passwd", "--password-stdin"), ("limits", "--clear"), ("quota",)):
+        r = box.cli("user", verb[0], "nobody@example.test", *verb[1:], input="x\n", check=False)
+        assert r.returncode == 1 and "no account nobody@example.test" in r.stderr, (verb, r.stderr)
     box.cli("user", "del", "bob@example.test")
     assert "bob@example.test" not in box.cli("user", "list").stdout
     # The Maildir with the special folders was created with the account and is kept.

@@ -32,6 +32,16 @@ def test_dev_config_loads(box: Box) -> None:
         ("[relay]\n", "[relay]\nmax_recipient = 5\n", "relay.max_recipient", "unknown key"),
         ('role = "member"', 'role = "hub"', "box.role", "'hub'"),
         ("[relay]\n", "[relay]\nmax_message_size = -1\n", "relay.max_message_size", "-1"),
+        # HOST:PORT keys (appliance/hostport.py): a `_` in a host name is refused, naming the key.
+        ("[relay]\n", '[fleet.boxes.b]\nrelay = "mx_b.test:25"\naccess = "[::1]:993"\n\n[relay]\n',
+         "fleet.boxes.b.relay", "'mx_b.test' is not a host name"),
+        ("[relay]\n", '[fleet.boxes.b]\nrelay = "mx.b.test:25"\naccess = "[::1]x:993"\n\n[relay]\n',
+         "fleet.boxes.b.access", "after ']'"),
+        # IP address lists: one validator, the bad entry named.
+        ("[relay]\n", '[publish]\naddresses = ["192.0.2.1", "192.0.2.300"]\n\n[relay]\n',
+         "publish.addresses", "'192.0.2.300' is not an IP address"),
+        ("[relay]\n", '[relay.resolver]\nnameservers = ["::1", "ns1"]\n\n[relay]\n',
+         "relay.resolver.nameservers", "'ns1' is not an IP address"),
     ],
 )
 def test_bad_value_refused_with_key(box: Box, old: str, new: str, key: str, fragment: str) -> None:

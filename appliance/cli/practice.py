@@ -17,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from appliance import hostport
 from appliance.cli import CommandError, config_from
 from appliance.practice import code as code_mod
 from appliance.practice import report as report_mod
-from appliance.practice.run import host_port, probe, target_for
+from appliance.practice.run import probe, target_for
 from appliance.registry import model
 
 
@@ -125,10 +126,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     try:
-        host, port = host_port(args.target)
+        host, port = hostport.parse(args.target, "TARGET", default_port=25)
         submission = None
-        if args.submission:
-            submission = host_port(args.submission if ":" in args.submission else f"{host}:{args.submission}")
+        if args.submission:  # [HOST:]PORT: the target's host when only a port is given
+            submission = ((host, hostport.port(args.submission, "--submission")) if args.submission.isdigit()
+                          else hostport.parse(args.submission, "--submission"))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     account = None

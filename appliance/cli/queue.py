@@ -18,12 +18,13 @@ import argparse
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from appliance.cli import CommandError, config_from
 from appliance.delivery.manager import Entry, entry_from
-from appliance.spool.format import SpoolFormatError
+from appliance.spool.format import SpooledMessage, SpoolFormatError
 from appliance.spool.spool import QUEUE_ID, Spool
 
 REQUEST_WAIT = 15.0
@@ -32,27 +33,13 @@ REQUEST_WAIT = 15.0
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("queue", help="inspect and act on the mail queue")
     qs = p.add_subparsers(dest="queue_cmd", metavar="ACTION", required=True)
-    lp = qs.add_parser("list", help="queued messages, oldest first")
-    lp.add_argument("--json", action="store_true", help="machine-readable output")
-    lp.set_defaults(func=cmd_list)
-    sp = qs.add_parser("show", help="one message: envelope, per-recipient state, headers")
-    sp.add_argument("id")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.set_defaults(func=cmd_show)
-    rp = qs.add_parser("retry", help="attempt delivery of one message now")
-    rp.add_argument("id")
-    rp.set_defaults(func=cmd_retry)
-    dp = qs.add_parser("delete", help="remove one message from the queue (no DSN is sent)")
-    dp.add_argument("id")
-    dp.set_defaults(func=cmd_delete)
-    fp = qs.add_parser("flush", help="attempt delivery of every queued message now")
-    fp.set_defaults(func=cmd_flush)
-    hp = qs.add_parser("hold", help="keep one message queued without attempting it, until released")
-    hp.add_argument("id")
-    hp.set_defaults(func=cmd_hold)
-    rl = qs.add_parser("release", help="release a held message: attempt it now")
-    rl.add_argument("id")
-    rl.set_defaults(func=cmd_release)
+    for verb, help_text, takes_id, has_json, func in _VERBS:
+        vp = qs.add_parser(verb, help=help_text)
+        if takes_id:
+            vp.add_argument("id")
+        if has_json:
+            vp.add_argument("--json", action="store_true", help="machine-readable output")
+        vp.set_defaults(func=func)
 
 
 def _spool(args: argparse.Namespace) -> Spool:
@@ -67,12 +54,7 @@ def _ts(t: float) -> str:
 def describe(spool: Spool, qid: str) -> dict[str, Any]:
     """One queued message as `queue show --json` prints it (also the web console's queue page)."""
     path = spool.path(qid)
-    try:
-        msg = spool.load(qid, with_data=True)
-    except FileNotFoundError:
-        raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}") from None
-    except SpoolFormatError as exc:
-        raise CommandError(f"queue id {qid}: corrupt queue file ({exc})") from None
+    msg = _load(spool, qid, with_data=True)
     records = spool.read_log(qid)
     e = entry_from(msg, records)
     final = {str(r["r"]): r for r in records if "r" in r}
@@ -155,15 +137,18 @@ def _ask_relay(spool: Spool, action: str, qid: str = "") -> None:
         time.sleep(0.1)
 
 
-def _entry(spool: Spool, qid: str) -> Entry:
-    """The message's state as the delivery manager reads it at start-up (envelope and outcome log)."""
+def _load(spool: Spool, qid: str, *, with_data: bool) -> SpooledMessage:
     try:
-        msg = spool.load(qid, with_data=False)
+        return spool.load(qid, with_data=with_data)
     except FileNotFoundError:
         raise CommandError(f"queue id {qid}: no such message in {spool.queue_dir}") from None
     except SpoolFormatError as exc:
         raise CommandError(f"queue id {qid}: corrupt queue file ({exc})") from None
-    return entry_from(msg, spool.read_log(qid))
+
+
+def _entry(spool: Spool, qid: str) -> Entry:
+    """The message's state as the delivery manager reads it at start-up (envelope and outcome log)."""
+    return entry_from(_load(spool, qid, with_data=False), spool.read_log(qid))
 
 
 def _mark_due(spool: Spool, qid: str) -> bool:
@@ -186,9 +171,6 @@ def retry_message(spool: Spool, qid: str) -> str:
     return f"{qid}: relay not running; will be attempted as soon as it starts"
 
 
-def cmd_retry(args: argparse.Namespace) -> int:
-    print(retry_message(_spool(args), args.id))
-    return 0
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -217,9 +199,6 @@ def delete_message(spool: Spool, qid: str) -> str:
     return f"{qid}: deleted"
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    print(delete_message(_spool(args), args.id))
-    return 0
 
 
 def hold_message(spool: Spool, qid: str, by: str = "") -> str:
@@ -246,11 +225,23 @@ def release_message(spool: Spool, qid: str, by: str = "") -> str:
     return f"{qid}: released; relay not running, will be attempted as soon as it starts"
 
 
-def cmd_hold(args: argparse.Namespace) -> int:
-    print(hold_message(_spool(args), args.id))
-    return 0
+def _on_id(action: Callable[[Spool, str], str]) -> Callable[[argparse.Namespace], int]:
+    """The command for a verb on one message: ACTION (shared with the web console) prints its line."""
+
+    def cmd(args: argparse.Namespace) -> int:
+        print(action(_spool(args), args.id))
+        return 0
+
+    return cmd
 
 
-def cmd_release(args: argparse.Namespace) -> int:
-    print(release_message(_spool(args), args.id))
-    return 0
+# (verb, help, takes an ID, has --json, handler), in the order `appliance queue --help` lists them.
+_VERBS: tuple[tuple[str, str, bool, bool, Callable[[argparse.Namespace], int]], ...] = (
+    ("list", "queued messages, oldest first", False, True, cmd_list),
+    ("show", "one message: envelope, per-recipient state, headers", True, True, cmd_show),
+    ("retry", "attempt delivery of one message now", True, False, _on_id(retry_message)),
+    ("delete", "remove one message from the queue (no DSN is sent)", True, False, _on_id(delete_message)),
+    ("flush", "attempt delivery of every queued message now", False, False, cmd_flush),
+    ("hold", "keep one message queued without attempting it, until released", True, False, _on_id(hold_message)),
+    ("release", "release a held message: attempt it now", True, False, _on_id(release_message)),
+)

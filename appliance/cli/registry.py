@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.cli import CommandError, config_from
+from appliance.hostport import parse as parse_hostport
 from appliance.registry import repo as repo_mod
 
 
@@ -163,18 +164,10 @@ def _parse_relay(spec: str) -> dict[str, Any]:
     hostport, sep, addrs = spec.partition("=")
     if not sep or not addrs:
         raise CommandError(f"--relay {spec}: expected HOST[:PORT]=CIDR[+CIDR...]")
-    port = 25
-    if hostport.startswith("["):  # [IPv6]:port
-        host, _, rest = hostport[1:].partition("]")
-        if rest.startswith(":"):
-            port = _port(rest[1:], spec)
-    elif hostport.count(":") == 1:
-        host, p = hostport.split(":")
-        port = _port(p, spec)
-    else:
-        host = hostport
-    if not host:
-        raise CommandError(f"--relay {spec}: missing host")
+    try:
+        host, port = parse_hostport(hostport, "--relay", default_port=25)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     nets = []
     for a in addrs.split("+"):
         try:
@@ -182,12 +175,6 @@ def _parse_relay(spec: str) -> dict[str, Any]:
         except ValueError as exc:
             raise CommandError(f"--relay {spec}: address {a}: {exc}") from None
     return {"host": host, "port": port, "addresses": nets, "spki_sha256": []}
-
-
-def _port(p: str, spec: str) -> int:
-    if not p.isdigit() or not 1 <= int(p) <= 65535:
-        raise CommandError(f"--relay {spec}: port must be 1..65535")
-    return int(p)
 
 
 def _pin_value(value: str) -> str:

@@ -12,7 +12,7 @@ import json
 import secrets
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.accounts import Account, AccountError, AccountStore, AccountsUnavailable, LimitOverride, open_accounts
 from appliance.addresses import AddressError, domain_of, normalize_address
@@ -184,6 +184,27 @@ def _make_maildir(cfg: Config, address: str) -> None:
             (f / sub).mkdir(parents=True, exist_ok=True)
 
 
+def _account(store: AccountStore | PgAccountStore, address: str) -> Account:
+    """The account ADDRESS; CommandError if there is none."""
+    a = store.get(address)
+    if a is None:
+        raise CommandError(f"no account {address}")
+    return a
+
+
+def _account_json(cfg: Config, a: Account, *, with_quota: bool) -> dict[str, Any]:
+    """An account as `user show --json` and `user list --json` (WITH_QUOTA: its limits and usage) print it."""
+    info: dict[str, Any] = {
+        "address": a.address, "home": a.home, "home_is_this_box": not cfg.fleet.home_of(a.home),
+        "limit_class": a.limit_class, "identities": list(a.identities), "disabled": a.disabled, "held": a.held,
+        "held_reason": a.held_reason, "admin": a.admin, "override": None if a.override is None else vars(a.override)}
+    if with_quota:
+        limits, used = _quota_of(cfg, a)
+        info["quota"] = {"storage": limits.storage, "messages": limits.messages,
+                         "used_bytes": used[0], "used_messages": used[1]}
+    return info
+
+
 @_guard
 def cmd_del(args: argparse.Namespace) -> int:
     store, _ = _store(args)
@@ -195,8 +216,7 @@ def cmd_del(args: argparse.Namespace) -> int:
 @_guard
 def cmd_passwd(args: argparse.Namespace) -> int:
     store, _ = _store(args)
-    if store.get(args.address) is None:
-        raise CommandError(f"no account {args.address}")
+    _account(store, args.address)
     store.set_password(args.address, _read_password(args))
     print(f"password changed for {args.address}")
     return 0
@@ -218,15 +238,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
     accounts = store.list()
     if args.json:
-        out = []
-        for a in accounts:
-            limits, used = _quota_of(cfg, a)
-            out.append({"address": a.address, "identities": list(a.identities), "disabled": a.disabled,
-                        "limit_class": a.limit_class, "held": a.held, "admin": a.admin, "home": a.home,
-                        "override": None if a.override is None else vars(a.override),
-                        "quota": {"storage": limits.storage, "messages": limits.messages,
-                                  "used_bytes": used[0], "used_messages": used[1]}})
-        print(json.dumps(out, indent=2))
+        print(json.dumps([_account_json(cfg, a, with_quota=True) for a in accounts], indent=2))
         return 0
     for a in accounts:
         elsewhere = cfg.fleet.home_of(a.home)  # its Maildir (and usage) is on another box
@@ -249,15 +261,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 @_guard
 def cmd_show(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
-    a = store.get(args.address)
-    if a is None:
-        raise CommandError(f"no account {args.address}")
+    a = _account(store, args.address)
     here = not cfg.fleet.home_of(a.home)
-    info = {"address": a.address, "home": a.home, "home_is_this_box": here, "limit_class": a.limit_class,
-            "identities": list(a.identities), "disabled": a.disabled, "held": a.held, "held_reason": a.held_reason,
-            "admin": a.admin, "override": None if a.override is None else vars(a.override)}
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(_account_json(cfg, a, with_quota=False), indent=2))
         return 0
     print(f"account {a.address}")
     print(f"  home: {a.home or '(this box)'}" + (" (this box)" if a.home and here else ""))
@@ -276,8 +283,7 @@ def cmd_home(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
     if not args.box or not cfg.fleet.is_known(args.box):
         raise CommandError(f"{args.box!r}: not a box of this fleet (fleet.box and fleet.boxes)")
-    if store.get(args.address) is None:
-        raise CommandError(f"no account {args.address}")
+    _account(store, args.address)
     store.set_home(args.address, args.box)
     print(f"home of {normalize_address(args.address)} is now {args.box} (nothing copied: use `user move` to move mail)")
     return 0
@@ -331,8 +337,7 @@ def cmd_alias_del(args: argparse.Namespace) -> int:
 @_guard
 def cmd_limits(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
-    if store.get(args.address) is None:
-        raise CommandError(f"no account {args.address}")
+    _account(store, args.address)
     if args.limit_class:
         _check_limit_class(cfg, args.limit_class)
         store.set_limit_class(args.address, args.limit_class)
@@ -383,9 +388,7 @@ def _count(value: str) -> int:
 @_guard
 def cmd_quota(args: argparse.Namespace) -> int:
     store, cfg = _store(args)
-    a = store.get(args.address)
-    if a is None:
-        raise CommandError(f"no account {args.address}")
+    a = _account(store, args.address)
     if args.storage is not None or args.messages is not None:
         storage = _limit_arg(args.storage, parse_size, a.quota_storage, "--storage")
         messages = _limit_arg(args.messages, _count, a.quota_messages, "--messages")

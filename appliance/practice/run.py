@@ -10,20 +10,6 @@ from appliance.practice.code import Code
 from appliance.registry import model
 
 
-def host_port(spec: str, default_port: int = 25) -> tuple[str, int]:
-    """HOST, HOST:PORT, [V6] or [V6]:PORT."""
-    if spec.startswith("["):
-        host, _, rest = spec[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else str(default_port)
-    elif spec.count(":") == 1:
-        host, port = spec.split(":")
-    else:
-        host, port = spec, str(default_port)
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{spec}: expected HOST[:PORT] with PORT 1..65535")
-    return host, int(port)
-
-
 def target_for(host: str, port: int, member: model.Member | None, domain: str | None = None,
                **kw: Any) -> probes.Target:
     pins: tuple[str, ...] = ()

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance.accounts import AccountStore  # noqa: E402
 from appliance.config import Config, load  # noqa: E402
-from tests.relay_back.postfix import PrivatePostfix  # noqa: E402
+from tests.helpers.postfix import PrivatePostfix  # noqa: E402
 from tests.relay_back.relayproc import RelayProcess, raise_member_limits  # noqa: E402
 
 SIZES = (1024, 100 * 1024)

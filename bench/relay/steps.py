@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bench.relay.run import RCPT, SENDER, setup_box
-from tests.relay_back.postfix import PrivatePostfix
+from tests.helpers.postfix import PrivatePostfix
 from tests.relay_back.relayproc import RelayProcess
 
 STEPS = ("connect", "EHLO", "MAIL", "RCPT", "DATA", "body", "QUIT")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,11 +240,41 @@ def _close(transport: Any) -> None:
     transport.loseConnection()
 
 
+async def _login_home(protocol: str, backend: Any, account: Any, home: str, user: str, password: str,
+                      client_ip: str, transport: Any, release: Callable[[], None],
+                      client_left: Callable[[], bool]) -> tuple[HomeConnection, bytes, bytes] | None:
+    """The one upstream path of both proxies: log in to HOME as USER on PROTOCOL, counting and logging
+    the result. On HomeRefused or HomeUnavailable (re-raised for the caller's own answer) and when
+    the client left meanwhile (None) the cap slot is given back with RELEASE."""
+    from services.access.imap import metrics
+
+    origin = (client_ip, int(getattr(transport.getPeer(), "port", 0) or 0))
+    try:
+        conn, line, rest = await connect_home(backend.cfg.fleet, home, user, password, protocol, origin)
+    except HomeRefused as exc:
+        release()
+        PROXIED.labels(protocol, "refused").inc()
+        log.msg(f"{protocol} proxy of {account.address} to home box {home}: refused there: {exc.text[:200]}")
+        raise
+    except HomeUnavailable as exc:
+        release()
+        PROXIED.labels(protocol, "unavailable").inc()
+        metrics.LOGINS.labels(protocol, "unavailable").inc()
+        log.msg(f"{protocol} proxy of {account.address} to home box {home}: {exc}")
+        raise
+    if client_left():  # the client left while the home box was logging in
+        release()
+        conn.transport.loseConnection()  # type: ignore[union-attr]
+        return None
+    PROXIED.labels(protocol, "ok").inc()
+    metrics.LOGINS.labels(protocol, "ok").inc()
+    return conn, line, rest
+
+
 async def proxy_pop3(p: Any, account: Any, home: str) -> None:
     """The POP3 server P authenticated ACCOUNT whose home is HOME: take its cap slot here, log in there,
     answer the client with the home box's +OK and hand the connection over; else -ERR."""
     from services.access.conncaps import CapReached
-    from services.access.imap import metrics
 
     user, password = p._credentials
     p._credentials = None
@@ -258,26 +289,17 @@ async def proxy_pop3(p: Any, account: Any, home: str) -> None:
         p.err("[SYS/PERM] Your mailbox is on another server of this provider and POP3 is not proxied to it: use IMAP")
         return
     try:
-        origin = (p.client_ip, int(getattr(p.transport.getPeer(), "port", 0) or 0))
-        conn, line, rest = await connect_home(p.backend.cfg.fleet, home, user, password, "pop3", origin)
+        home_login = await _login_home("pop3", p.backend, account, home, user, password, p.client_ip,
+                                       p.transport, lease.release, lambda: bool(p._closed))
     except HomeRefused as exc:
-        lease.release()
-        PROXIED.labels("pop3", "refused").inc()
         p.err(exc.text or "[AUTH] Authentication failed")
         return
-    except HomeUnavailable as exc:
-        lease.release()
-        PROXIED.labels("pop3", "unavailable").inc()
-        metrics.LOGINS.labels("pop3", "unavailable").inc()
-        log.msg(f"pop3 proxy of {account.address} to home box {home}: {exc}")
+    except HomeUnavailable:
         p.err("[SYS/TEMP] Home mail server temporarily unavailable, try again later")  # RFC 3206 4
         return
-    if p._closed:
-        lease.release()
-        conn.transport.loseConnection()  # type: ignore[union-attr]
+    if home_login is None:
         return
-    PROXIED.labels("pop3", "ok").inc()
-    metrics.LOGINS.labels("pop3", "ok").inc()
+    conn, line, rest = home_login
     p._user_lease = lease  # released when the client leaves (POP3Server._release)
     if p._ip_lease is not None:  # logged in: no longer counted as an unauthenticated connection
         p._ip_lease.release()
@@ -296,30 +318,19 @@ def _release_cap(s: Any) -> None:
 async def proxy_login(s: Any, account: Any, user: str, password: str, tag: str, home: str) -> None:
     """The IMAP session S authenticated ACCOUNT whose home is HOME: answer TAG with the home box's
     answer and, on OK, hand the connection over (S ends here; the home box's session serves it)."""
-    from services.access.imap import metrics
     from services.access.imap.errors import No
 
     try:
-        peer = s.conn.transport.getPeer()
-        origin = (s.conn.client_ip, int(getattr(peer, "port", 0) or 0))
-        conn, line, rest = await connect_home(s.backend.cfg.fleet, home, user, password, origin=origin)
+        home_login = await _login_home("imap", s.backend, account, home, user, password, s.conn.client_ip,
+                                       s.conn.transport, lambda: _release_cap(s), lambda: bool(s.closed))
     except HomeRefused as exc:
-        _release_cap(s)
-        PROXIED.labels("imap", "refused").inc()
-        log.msg(f"imap proxy of {account.address} to home box {home}: refused there: {exc.text[:200]}")
         raise No(exc.text or "Authentication failed", exc.code) from None
-    except HomeUnavailable as exc:
-        _release_cap(s)
-        PROXIED.labels("imap", "unavailable").inc()
-        metrics.LOGINS.labels("imap", "unavailable").inc()
-        log.msg(f"imap proxy of {account.address} to home box {home}: {exc}")
+    except HomeUnavailable:
         # RFC 5530 3: UNAVAILABLE, a temporary failure of a subsystem (here: the home box).
         raise No("Home mail server temporarily unavailable, try again later", "UNAVAILABLE") from None
-    if s.closed:  # the client left while the home box was logging in
-        conn.transport.loseConnection()  # type: ignore[union-attr]
+    if home_login is None:
         return None
-    PROXIED.labels("imap", "ok").inc()
-    metrics.LOGINS.labels("imap", "ok").inc()
+    conn, line, rest = home_login
     # The client's tag on the home box's answer (with its CAPABILITY code: the client talks to it now).
     s.conn.write(tag.encode() + line[len(TAG):] + b"\r\n" + rest)
     s.closed = True  # this box's session is over; the cap slot is released when the client leaves

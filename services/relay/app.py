@@ -73,6 +73,9 @@ class RelayApp:
         # Files that must be usable first: a bad one stops the relay with one line.
         self.tls_plain: ssl.SSLContext = server_context(cfg)
         self.tls_client_cert = PinnedClientCertContext(cfg.tls.cert, cfg.tls.key)
+        # The fleet's box pins (fleet.boxes.*.spki_sha256): fixed for the relay's life (config is not
+        # reloaded), so computed once here rather than per connection.
+        self.fleet_box_pins = cfg.fleet.box_pins()
         self.signer = self._signer(cfg)
         # Read in the event loop by the policy checks (account, aliases): a short lock wait, so a
         # stall is bounded (a timeout is a 451 from the pipeline). Writes never use this store.

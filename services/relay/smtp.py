@@ -293,7 +293,7 @@ class RelaySMTP(SMTP):
         member = self.psession.member if self.psession else None
         # A fleet's boxes are known by their client certificates' pins (fleet.boxes.*.spki_sha256,
         # docs/fleet.md "Home boxes"): with a fleet, every port-25 client is asked for one.
-        fleet = self.listener == "mx" and bool(self.app.cfg.fleet.box_pins())
+        fleet = self.listener == "mx" and bool(self.app.fleet_box_pins)
         if (member is not None and member.pins()) or fleet:
             # Ask this member for its client certificate (any certificate is accepted
             # in the handshake; its pin is checked before MAIL). Others are not asked.

@@ -40,9 +40,9 @@ from tests.helpers import procs
 from tests.helpers.box import APPLIANCE
 from tests.helpers.knot import Knot, Zone
 from tests.helpers.netns import Host, Net, listening
+from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.wait import wait_for
 from tests.internet.world import POSTFIX_BASE, REPO_ROOT
-from tests.relay_back.postfix import _allow_config_dir, _master_cf
 
 BASE_PORT = 10025
 SUBMISSION = BASE_PORT + 1  # devbox LISTENER_ORDER: mx, submission, ...
@@ -228,7 +228,7 @@ class OutWorld:
     hosts: dict[str, Host]
     pki: Pki
     config_file: Path
-    postfix_dir: Path
+    postfix: PrivatePostfix
     sink_dump: Path
     knot: Knot
     procs: dict[str, Proc] = field(default_factory=dict)
@@ -251,48 +251,35 @@ class OutWorld:
         return b"".join(p.read_bytes() for p in sorted(self.sink_dump.iterdir()))
 
     def postfix_log(self) -> str:
-        p = self.postfix_dir / "maillog"
-        return p.read_text(errors="replace") if p.exists() else ""
+        return self.postfix.log()
 
     def teardown(self) -> list[str]:
         for p in self.procs.values():
             p.stop()
         self.knot.stop()
-        self.hosts["dest"].run("postfix", "-c", str(self.postfix_dir), "stop")
+        self.postfix.stop()
         stragglers = self.net.teardown()
         left = self.net.leftovers()
-        shutil.rmtree(self.postfix_dir, ignore_errors=True)
+        shutil.rmtree(self.postfix.dir, ignore_errors=True)
         shutil.rmtree(self.sink_dump, ignore_errors=True)
         return left + [f"straggler pid {p}" for p in stragglers]
 
 
-def _dest_postfix(host: Host, name: str, pki_dir: Path) -> Path:
+def _dest_postfix(host: Host, name: str, pki_dir: Path) -> PrivatePostfix:
+    """The destination MTA (tests/helpers/postfix.py) on HOST's address: STARTTLS with the test CA's
+    certificate, relays DOMAINS and discards them."""
     d = POSTFIX_BASE / name
-    if d.exists():
-        shutil.rmtree(d)
-    for sub in ("queue", "data"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(POSTFIX_BASE, 0o755)
-    os.chmod(d, 0o755)
-    shutil.chown(d / "data", "postfix")
-    shutil.copy(pki_dir / "dest.key", d / "dest.key")
-    shutil.copy(pki_dir / "dest.crt", d / "dest.crt")
-    settings = {
-        "compatibility_level": "3.6",
-        "queue_directory": str(d / "queue"), "data_directory": str(d / "data"),
-        "maillog_file": str(d / "maillog"), "maillog_file_prefixes": str(d),
-        "inet_interfaces": host.address, "inet_protocols": "ipv4",
-        "myhostname": "mx1.test", "mydestination": "", "mynetworks": "127.0.0.0/8",
+    pf = PrivatePostfix.create(name, {
+        "myhostname": "mx1.test",
         "relay_domains": " ".join(DOMAINS), "relay_transport": "discard:", "default_transport": "discard:",
         "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
         "smtpd_tls_chain_files": f"{d}/dest.key, {d}/dest.crt", "smtpd_tls_security_level": "may",
         "smtpd_tls_loglevel": "1", "smtpd_tls_received_header": "yes",
         "local_transport": "error:no local delivery", "maximal_queue_lifetime": "1h",
-    }
-    (d / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-    (d / "master.cf").write_text(_master_cf(25).replace("127.0.0.1:25", f"{host.address}:25", 1))
-    _allow_config_dir(d)
-    return d
+    }, host=host, address=host.address, base=POSTFIX_BASE)
+    shutil.copy(pki_dir / "dest.key", d / "dest.key")
+    shutil.copy(pki_dir / "dest.crt", d / "dest.crt")
+    return pf
 
 
 def build(base: Path) -> OutWorld:
@@ -306,7 +293,7 @@ def build(base: Path) -> OutWorld:
                                                   Zone(f"{BOGUS_LABEL}.test", "bogus.zone", signed=True)])
         knot.write_zone("test.zone", zone_text(net.prefix, pki))
         knot.write_zone("bogus.zone", bogus_zone_text(pki))
-        postfix_dir = _dest_postfix(hosts["dest"], f"dest-{net.tag}", base / "pki")
+        postfix = _dest_postfix(hosts["dest"], f"dest-{net.tag}", base / "pki")
         box_dir = base / "box"
         r = subprocess.run([*APPLIANCE, "init", "--dev", str(box_dir), "--domain", "example.test", "--host",
                             hosts["box"].address, "--base-port", str(BASE_PORT)],
@@ -338,7 +325,7 @@ def build(base: Path) -> OutWorld:
         sink_dump = POSTFIX_BASE / f"sink-{net.tag}"
         sink_dump.mkdir(parents=True)
         os.chmod(sink_dump, 0o777)
-        world = OutWorld(net, base, hosts, pki, config_file, postfix_dir, sink_dump, knot)
+        world = OutWorld(net, base, hosts, pki, config_file, postfix, sink_dump, knot)
         www = base / "www"
         for host, text in sts_policies().items():
             (www / host / ".well-known").mkdir(parents=True)
@@ -361,9 +348,7 @@ def build(base: Path) -> OutWorld:
         world.procs["sink"] = Proc(hosts["sink"], ["smtp-sink", "-u", "nobody", "-D", str(world.sink_dump / "msg."), "-h", "sink.test",
                                                    f"{hosts['sink'].address}:25", "50"], base / "sink.log")
         world.procs["sink"].start("smtp-sink", 25)
-        r = hosts["dest"].run("postfix", "-c", str(postfix_dir), "start")
-        assert r.returncode == 0, f"postfix start failed: {r.stdout}{r.stderr}"
-        wait_for("postfix on 25", lambda: listening(hosts["dest"], 25), 30)
+        world.postfix.start()
         world.procs["relay"] = Proc(hosts["box"], [sys.executable, "-m", "services.relay", "-c", str(config_file)],
                                     base / "relay.log")
         world.procs["relay"].start("the relay", SUBMISSION)

@@ -18,7 +18,6 @@ that the test addresses are reached over the test link and nothing else is routa
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
 import sys
@@ -37,8 +36,8 @@ from tests.helpers import procs
 from tests.helpers.box import APPLIANCE
 from tests.helpers.knot import Knot, Zone
 from tests.helpers.netns import Host, Net, listening
+from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.wait import wait_for
-from tests.relay_back.postfix import _allow_config_dir, _master_cf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MX_PORT = 10025  # `init --dev --base-port 10025`: the box's namespace is fresh, every port is free
@@ -100,69 +99,29 @@ def zone_text(prefix: str, keys: dict[str, str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-@dataclass
-class NsPostfix:
-    """A Postfix instance inside a namespace (PEERS.md recipe): relays everything to RELAYHOST."""
-
-    host: Host
-    dir: Path
+class NsPostfix(PrivatePostfix):
+    """The outsider MTA (tests/helpers/postfix.py, in the ``mta`` namespace): relays everything to the box."""
 
     @classmethod
-    def create(cls, host: Host, relayhost: str, name: str) -> NsPostfix:
-        d = POSTFIX_BASE / name
-        if d.exists():
-            shutil.rmtree(d)
-        for sub in ("queue", "data"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(POSTFIX_BASE, 0o755)
-        os.chmod(d, 0o755)
-        shutil.chown(d / "data", "postfix")
-        settings = {
-            "compatibility_level": "3.6",
-            "queue_directory": str(d / "queue"),
-            "data_directory": str(d / "data"),
-            "maillog_file": str(d / "maillog"),
-            "maillog_file_prefixes": str(d),
-            "inet_interfaces": "127.0.0.1",
-            "inet_protocols": "ipv4",
+    def relaying(cls, host: Host, relayhost: str, name: str) -> NsPostfix:
+        pf = cls.create(name, {
             "myhostname": "mail.good.test",
             "myorigin": "good.test",
-            "mydestination": "",
-            "mynetworks": "127.0.0.0/8",
             "relayhost": relayhost,
-            "smtp_host_lookup": "native",
-            "smtp_dns_support_level": "disabled",
-            "smtp_tls_security_level": "may",
             "local_transport": "error:no local delivery",
             "bounce_queue_lifetime": "0",
             "maximal_queue_lifetime": "1h",
-        }
-        (d / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-        (d / "master.cf").write_text(_master_cf(25))
-        _allow_config_dir(d)
-        return cls(host, d)
-
-    def start(self) -> None:
-        r = self.host.run("postfix", "-c", str(self.dir), "start")
-        assert r.returncode == 0, f"postfix start failed: {r.stdout}{r.stderr}{self.log()[-2000:]}"
-        wait_for("postfix listening", lambda: listening(self.host, 25), 30)
+        }, host=host, base=POSTFIX_BASE)
+        assert isinstance(pf, NsPostfix)
+        return pf
 
     def send(self, sender: str, rcpt: str, message: bytes) -> None:
         """Submit MESSAGE to this Postfix (its smtpd on the namespace's loopback) as a mail client would."""
         data = self.dir / f"msg-{time.monotonic_ns()}.eml"
         data.write_bytes(message)
-        r = self.host.run("swaks", "--server", "127.0.0.1:25", "--helo", "client.good.test", "--from", sender,
-                          "--to", rcpt, "--data", f"@{data}", "--timeout", "30", timeout=60)
+        r = self.run("swaks", "--server", "127.0.0.1:25", "--helo", "client.good.test", "--from", sender,
+                     "--to", rcpt, "--data", f"@{data}", "--timeout", "30", timeout=60)
         assert "250 2.0.0 Ok: queued" in r.stdout, f"postfix did not take the message:\n{r.stdout}{r.stderr}"
-
-    def stop(self) -> None:
-        self.host.run("postfix", "-c", str(self.dir), "stop")
-
-    def log(self) -> str:
-        try:
-            return (self.dir / "maillog").read_text(errors="replace")
-        except OSError:
-            return ""
 
     def wait_log(self, marker: str, status: str, timeout: float = 60) -> str:
         """The maillog line of the message with Message-ID MARKER ending in STATUS (sent, bounced, deferred)."""
@@ -308,7 +267,7 @@ def build(base: Path) -> World:
             store.add("alice@example.test", PASSWORD)
         finally:
             store.close()
-        postfix = NsPostfix.create(hosts["mta"], f"[{hosts['box'].address}]:{MX_PORT}", f"mta-{net.tag}")
+        postfix = NsPostfix.relaying(hosts["mta"], f"[{hosts['box'].address}]:{MX_PORT}", f"mta-{net.tag}")
         world = World(net, base, hosts, knot, postfix, config_file, keys)
         knot.start()
         postfix.start()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.practice.code import PROBE_DOMAIN
-from tests.relay_back.postfix import BASE, PrivatePostfix
+from tests.helpers.postfix import BASE, PrivatePostfix
 
 # The probe's registered address: a loopback address no box and no Postfix trusts.
 PROBE_SOURCE = "127.0.0.9"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import tomli_w
 
 from appliance.accounts import AccountStore
 from appliance.config import Config, load
-from tests.helpers.box import make_box
+from tests.helpers.box import make_box, run_cli
+from tests.helpers.wait import wait_for
+from tests.relay_back.relayproc import Load, RelayProcess, raise_member_limits
 
 
 def tune(config_file: Path, **sections: dict[str, Any]) -> Config:
@@ -42,3 +45,52 @@ def devbox(tmp_path: Path) -> Iterator[tuple[Path, Config]]:
     store.add("bob@example.test", "correct horse battery")
     store.close()
     yield b.config_file, cfg
+
+
+@dataclass
+class StuckQueue:
+    """A dev box whose mail for alice cannot be delivered yet (her Maildir path is a plain file) and
+    whose retry backoff is an hour: messages sent to her stay queued, for the `appliance queue` tests."""
+
+    config_file: Path
+    cfg: Config
+    box_mail: Path  # example.test's mail directory
+
+    def block(self) -> None:
+        (self.box_mail / "alice").write_text("blocked\n")
+
+    def unblock(self) -> None:
+        (self.box_mail / "alice").unlink()
+
+    def relay(self, log: Path) -> RelayProcess:
+        return RelayProcess(self.config_file, log).start(self.cfg)
+
+    def queue(self) -> dict[str, dict[str, Any]]:
+        """`appliance queue list --json` by queue id, oldest first."""
+        return {r["id"]: r for r in json.loads(run_cli(self.config_file, "queue", "list", "--json").stdout)}
+
+    def send(self, n: int, tag: str = "m") -> dict[str, dict[str, Any]]:
+        """Send N messages to alice through the running relay; the queue once each was tried once."""
+        load = Load(self.cfg.listeners.mx.host, self.cfg.listeners.mx.port, "alice@example.test", sessions=1,
+                    max_messages=n, tag=tag)
+        load.run()
+        assert len(load.acked) == n
+
+        def deferred() -> dict[str, dict[str, Any]] | None:
+            q = self.queue()
+            return q if len(q) == n and all(r["attempts"] >= 1 for r in q.values()) else None
+
+        return wait_for(f"{n} message(s) deferred once", deferred, 60, 0.5)
+
+
+@pytest.fixture
+def stuck_queue(devbox: tuple[Path, Config]) -> StuckQueue:
+    config_file, _ = devbox
+    cfg = tune(config_file, relay={"retry_initial": 3600, "retry_max": 3600})
+    raise_member_limits(cfg)
+    box_mail = Path(cfg.paths.mail_dir) / "example.test"
+    box_mail.mkdir(parents=True, exist_ok=True)
+    write_registry(cfg, [])
+    stuck = StuckQueue(config_file, cfg, box_mail)
+    stuck.block()
+    return stuck

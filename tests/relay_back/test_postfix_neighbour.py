@@ -10,10 +10,10 @@ import pytest
 
 from appliance.config import Config
 from appliance.tlsfiles import load_cert, spki_sha256
+from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.wait import wait_for
 from tests.relay_back.conftest import write_registry
 from tests.relay_back.peers import require_peers
-from tests.relay_back.postfix import PrivatePostfix
 from tests.relay_back.relayproc import RelayProcess, delivered_ids, raise_member_limits
 
 pytestmark = [pytest.mark.peers, pytest.mark.root]
