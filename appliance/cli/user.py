@@ -303,23 +303,32 @@ def cmd_move(args: argparse.Namespace) -> int:
     dst = maildir_path(args.target_mail_dir, a.address)
     if src.resolve() == dst.resolve():
         raise CommandError(f"--target-mail-dir {args.target_mail_dir}: that is this box's own mail directory")
-    hold = None
     try:
         copied = copy_maildir(src, dst)
-        hold = Hold(cfg.paths.run_dir, a.address, args.hold_wait)
-        again = sync_maildir(src, dst)
-        hold.check()  # a restarted access service no longer holds the account: do not flip
-        store.set_home(a.address, args.box)
-        late = catch_up(src, dst)
     except (MoveError, OSError) as exc:
-        raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box}); "
-                           f"the partial copy {dst} is left for you to remove") from None
+        raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box})") from None
+    hold = None
+    try:
+        try:
+            hold = Hold(cfg.paths.run_dir, a.address, args.hold_wait)
+            ended = hold.ended
+            again = sync_maildir(src, dst)
+            hold.check()  # a restarted access service no longer holds the account: do not flip
+            store.set_home(a.address, args.box)
+        except (MoveError, OSError) as exc:
+            raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box}); "
+                               f"remove the copy {dst} before trying again") from None
+        try:
+            late = catch_up(src, dst)  # still held: released once the late deliveries are copied
+        except OSError as exc:
+            raise CommandError(f"home of {a.address} is now {args.box}, but copying the mail delivered "
+                               f"during the move failed ({exc}): copy it from {src}") from None
     finally:
         if hold is not None:
             hold.close()
     print(f"moved {a.address} to {args.box}: {copied.files} file(s), {copied.bytes} bytes, "
           f"{copied.indexes} index(es) copied (UIDs kept)" + (f", {late} late arrival(s)" if late else ""))
-    print(f"{hold.ended} open session(s) on this box ended; {again.files} file(s) changed during the copy "
+    print(f"{ended} open session(s) on this box ended; {again.files} file(s) changed during the copy "
           "copied again")
     print(f"home is now {args.box}; the old Maildir {src} is kept: delete it once you have checked the move")
     return 0
