@@ -8,16 +8,23 @@ same UIDs, and clients keep their caches. The index is copied with SQLite's onli
 (a consistent snapshot even while the access service has it open in WAL mode), never as a file
 (a plain copy of a WAL database can be torn); its -wal/-shm files are therefore not copied.
 
-Order: copy, flip `home` (every box then routes mail and logins there), then copy again what
-arrived on the old box during the first copy (into the target's new/, where the access service
-finds it and gives it the next UIDs). The old Maildir is kept: the operator deletes it once
-satisfied. Flag changes made in a session on the old box during the move are not carried over.
+Order: a first copy while the customer's sessions go on; a hold at this box's access service
+(`Hold`, services/access/moves.py), which ends every session of the account and refuses new logins
+for it, so nothing but the relay writes the Maildir any more; a final copy (`sync_maildir`: the
+index again, the files added or renamed since, the ones gone removed), so flags and expunges made
+during the first copy are carried over; a check that the hold is still there (a restarted access
+service forgot it: the move stops, `home` unchanged); the flip of `home` (every box then routes
+mail and logins there); a copy of what the relay delivered meanwhile (into the target's new/, where
+the access service finds it and gives it the next UIDs); the release. The old Maildir is kept: the
+operator deletes it once satisfied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +100,40 @@ def _backup(src: Path, dst: Path) -> None:
         source.close()
 
 
+def sync_maildir(src: Path, dst: Path) -> Copied:
+    """Make DST, a copy of SRC made earlier, the same again: every index by backup, the message
+    files SRC gained (or renamed, for a flag change) since, and the ones it lost removed from DST.
+    Run under a hold, when no session writes SRC."""
+    out = Copied()
+    for root, _dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
+        _same_owner(Path(root), dst / rel)
+        present = set(files)
+        for name in files:
+            s, d = Path(root) / name, dst / rel / name
+            if name.endswith(INDEX_SUFFIXES):
+                if name.endswith(".sqlite"):
+                    _backup(s, d)
+                    _same_owner(s, d)
+                    out.indexes += 1
+                continue
+            if d.exists():
+                continue  # a message file is never rewritten in place: same name, same content
+            try:
+                shutil.copy2(s, d)
+            except FileNotFoundError:
+                continue  # the relay moved it (new/ to cur/ is the access service's, held): catch_up sees it
+            _same_owner(s, d)
+            out.files += 1
+            out.bytes += d.stat().st_size
+        if rel.name in ("new", "cur", "tmp"):
+            for name in os.listdir(dst / rel):
+                if name not in present and not name.endswith(INDEX_SUFFIXES):
+                    (dst / rel / name).unlink()  # expunged, or renamed by a flag change, since the first copy
+    return out
+
+
 def catch_up(src: Path, dst: Path) -> int:
     """Copy into DST's new/ every message file of SRC whose stem DST lacks (mail the old box took
     during the copy); the number copied."""
@@ -117,3 +158,46 @@ def catch_up(src: Path, dst: Path) -> int:
                 continue
             copied += 1
     return copied
+
+
+class Hold:
+    """A hold on ADDRESS at this box's access service (services/access/moves.py): while this object's
+    connection is open, no session on this box writes the account's Maildir."""
+
+    def __init__(self, run_dir: str, address: str, wait: float = 60.0) -> None:
+        self.address = address
+        path = Path(run_dir) / "access-moves.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(wait + 30)  # the service answers within WAIT seconds, by its own bound
+        try:
+            self.sock.connect(str(path))
+        except OSError as exc:
+            self.sock.close()
+            raise MoveError(f"{path}: cannot reach the access service to end the account's sessions ({exc})") from None
+        self.file = self.sock.makefile("rwb")
+        reply = self._ask(f"HOLD {address} {wait:g}")
+        if not reply.startswith("OK "):
+            self.close()
+            raise MoveError(f"the access service refused to hold {address}: {reply}")
+        self.ended = int(reply.split()[1])
+
+    def _ask(self, line: str) -> str:
+        try:
+            self.file.write(line.encode() + b"\n")
+            self.file.flush()
+            reply = self.file.readline().decode("utf-8", "replace").strip()
+        except OSError as exc:
+            reply = f"connection lost ({exc})"
+        return reply or "connection closed (the access service restarted?)"
+
+    def check(self) -> None:
+        """Raise MoveError unless the hold is still ours (a restarted access service forgot it)."""
+        reply = self._ask(f"CHECK {self.address}")
+        if reply != "OK HELD":
+            raise MoveError(f"the hold on {self.address} was lost: {reply}")
+
+    def close(self) -> None:
+        """Release the hold (closing the connection is what releases it)."""
+        with contextlib.suppress(OSError):
+            self.file.close()
+        self.sock.close()

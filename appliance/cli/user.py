@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mv.add_argument("box", help="the target box's name (fleet.boxes)")
     mv.add_argument("--target-mail-dir", required=True, metavar="DIR",
                     help="the target box's paths.mail_dir as mounted here (see docs/fleet.md for rsync)")
+    mv.add_argument("--hold-wait", type=float, default=60.0, metavar="SECONDS",
+                    help="how long a running IMAP/POP3 command may take to finish before the move stops (default 60)")
     mv.set_defaults(func=cmd_move)
 
     hm = s.add_parser("home", help="record which fleet box already holds an account's Maildir (no copy)")
@@ -291,8 +293,9 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 @_guard
 def cmd_move(args: argparse.Namespace) -> int:
-    """Copy the Maildir (index by SQLite backup: UIDVALIDITY and UIDs kept), flip `home`, catch up."""
-    from appliance.homemove import MoveError, catch_up, copy_maildir
+    """Copy the Maildir (index by SQLite backup: UIDVALIDITY and UIDs kept), hold the account's
+    sessions, copy again, flip `home`, catch up, release (appliance/homemove.py)."""
+    from appliance.homemove import Hold, MoveError, catch_up, copy_maildir, sync_maildir
 
     store, cfg = _store(args)
     a = store.get(args.address)
@@ -310,10 +313,29 @@ def cmd_move(args: argparse.Namespace) -> int:
         copied = copy_maildir(src, dst)
     except (MoveError, OSError) as exc:
         raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box})") from None
-    store.set_home(a.address, args.box)
-    late = catch_up(src, dst)
+    hold = None
+    try:
+        try:
+            hold = Hold(cfg.paths.run_dir, a.address, args.hold_wait)
+            ended = hold.ended
+            again = sync_maildir(src, dst)
+            hold.check()  # a restarted access service no longer holds the account: do not flip
+            store.set_home(a.address, args.box)
+        except (MoveError, OSError) as exc:
+            raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box}); "
+                               f"remove the copy {dst} before trying again") from None
+        try:
+            late = catch_up(src, dst)  # still held: released once the late deliveries are copied
+        except OSError as exc:
+            raise CommandError(f"home of {a.address} is now {args.box}, but copying the mail delivered "
+                               f"during the move failed ({exc}): copy it from {src}") from None
+    finally:
+        if hold is not None:
+            hold.close()
     print(f"moved {a.address} to {args.box}: {copied.files} file(s), {copied.bytes} bytes, "
           f"{copied.indexes} index(es) copied (UIDs kept)" + (f", {late} late arrival(s)" if late else ""))
+    print(f"{ended} open session(s) on this box ended; {again.files} file(s) changed during the copy "
+          "copied again")
     print(f"home is now {args.box}; the old Maildir {src} is kept: delete it once you have checked the move")
     return 0
 

@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.python import log
 
 from appliance.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load
+from services.access import moves
 from services.access.backend import Backend
 from services.access.imap import IMAPConnection, metrics
 from services.access.pop3 import POP3Server
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backend = Backend.from_config(cfg)
         listen(cfg, backend)
+        moves.listen(cfg.paths.run_dir)  # `appliance user move` holds accounts here (services/access/moves.py)
         if cfg.listeners.access_metrics.enabled:
             metrics.serve(cfg.listeners.access_metrics.host, cfg.listeners.access_metrics.port)
             print(f"access: metrics on http://{cfg.listeners.access_metrics.host}:{cfg.listeners.access_metrics.port}"

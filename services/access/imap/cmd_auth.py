@@ -10,6 +10,7 @@ from typing import Any
 from twisted.python import log
 
 from appliance.fleet_config import normal_ip
+from services.access import moves
 from services.access.backend import LoginRefused, LoginUnavailable
 from services.access.imap import accountstores, metrics
 from services.access.imap.dispatch import (
@@ -97,11 +98,15 @@ async def _login(s: Session, user: str, password: str, tag: str) -> Done | None:
         from services.access.proxy import proxy_login
 
         return await proxy_login(s, account, user, password, tag, home)
+    if moves.REGISTRY.held(account.address):  # `appliance user move` is copying this Maildir
+        raise No(moves.HELD_TEXT, "UNAVAILABLE")
     try:
         store = await accountstores.acquire(s.backend, account)
     except Exception:
         log.err(None, "imap: opening the mail store failed")
         raise No("Mail store unavailable, try again later", "UNAVAILABLE") from None
+    if moves.REGISTRY.held(account.address):  # held while the store was opened
+        raise No(moves.HELD_TEXT, "UNAVAILABLE")
     metrics.LOGINS.labels("imap", "ok").inc()
     s.logged_in(account, store)
     return Done("Logged in", s.capability_code())

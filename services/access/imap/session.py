@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from appliance.mailstore import MailstoreError
+from services.access import moves
 from services.access.imap import metrics, storeio
 from services.access.imap.dispatch import (
     AUTHENTICATED,
@@ -89,6 +90,7 @@ class Session:
         self.closing = False
         self.idling = False
         self.cap_release: Any = None  # the connection-cap slot of the logged-in user (conncaps)
+        self.move_bye: str | None = None  # an account move asked to end the session after this command
         self._pumping = False
         self._line_waiter: defer.Deferred[bytes] | None = None
         self._refresh_lock = defer.DeferredLock()
@@ -303,6 +305,8 @@ class Session:
         self.bye("internal error", "SERVERBUG")
 
     def _finished(self, _: Any) -> None:
+        if self.move_bye is not None and not self.closed:
+            self.bye(self.move_bye, "UNAVAILABLE")
         if self.closed:
             self.busy = False
             return
@@ -328,6 +332,23 @@ class Session:
         self.state = AUTHENTICATED
         self.reader.max_command = self._max_command()  # APPEND may now bring APPENDLIMIT
         self.conn.authenticated()  # RFC 9051 §5.4: the autologout timer becomes 30 minutes
+        moves.REGISTRY.join(account.address, self)
+
+    # --- account moves (services/access/moves.py) -----------------------------------------
+
+    def move_end(self, text: str) -> None:
+        if self.closed:
+            return
+        if self.busy and not self.idling:
+            self.move_bye = text  # a running command finishes first (_finished says BYE)
+            return
+        self.bye(text, "UNAVAILABLE")
+
+    def move_ended(self) -> bool:
+        # Not "connection lost": Twisted's TLS waits for the client's close_notify, which a client
+        # that is not reading never sends. Closed is enough: nothing runs after the BYE but an
+        # IDLE waiting for its DONE (which writes nothing) or a refresh in flight (waited for).
+        return self.closed and (not self.busy or self.idling) and not self._refresh_lock.locked
 
     def select(self, sel: Selected | None) -> None:
         if self.sel is not None:
@@ -398,6 +419,8 @@ class Session:
 
     def connection_lost(self) -> None:
         self.closed = True
+        if self.account is not None:
+            moves.REGISTRY.leave(self.account.address, self)
         if self.sel is not None and self.store is not None:
             HUB.leave(key_of(self.store.root, self.sel.name), self)
             metrics.WATCHED.set(HUB.watching())

@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from appliance.accounts import Account
 from appliance.submitclient import Reply
+from services.access import moves
 from services.access.backend import Backend, LoginRefused, LoginUnavailable
 from services.access.conncaps import CapReached, Lease
 from services.access.imap import metrics
@@ -96,6 +97,7 @@ class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
         self.proxy: Any = None  # logged in to the account's home box: bytes go there (services/access/proxy.py)
         self._credentials: tuple[str, str] | None = None  # of the login in progress, for the proxy
         self.origin = self.via = ""  # the customer's address and the fleet box proxying it (XCLIENT)
+        self._move_err: str | None = None  # an account move asked to end the session (services/access/moves.py)
 
     # --- connection ---------------------------------------------------------------------
 
@@ -128,6 +130,8 @@ class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
         if not self._closed:
             metrics.SESSIONS.labels("pop3").dec()
         self._closed = True
+        if self.account is not None:
+            moves.REGISTRY.leave(self.account.address, self)
         self._release()
         if self.proxy is not None:
             from services.access.proxy import client_gone
@@ -277,7 +281,9 @@ class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
                 log.err(result, "pop3: command failed")
                 self.err("[SYS/TEMP] Internal error")
             self._busy = False
-            if not self._closed:
+            if self._move_err is not None and not (self._closed or self._quit):
+                self._end_for_move()
+            elif not self._closed:
                 self._process()
 
         d.addBoth(done)
@@ -437,6 +443,9 @@ class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
             from services.access.proxy import proxy_pop3
 
             return defer.ensureDeferred(proxy_pop3(self, account, home))
+        if moves.REGISTRY.held(account.address):  # `appliance user move` is copying this maildrop
+            self.err("[SYS/TEMP] " + moves.HELD_TEXT)
+            return None
         try:
             lease = self.backend.caps.open_user(account, self.client_ip, "pop3")
         except CapReached as exc:
@@ -455,13 +464,38 @@ class POP3Server(TransactionCommands, Protocol, TimeoutMixin):
     def _opened(self, account: Account, drop: Maildrop) -> None:
         if self._closed:  # the client went away meanwhile (and _release ran): nothing to keep
             return
+        if moves.REGISTRY.held(account.address):  # held while the maildrop was opened
+            self._release()
+            self.err("[SYS/TEMP] " + moves.HELD_TEXT)
+            return
         self.account, self.drop = account, drop
+        moves.REGISTRY.join(account.address, self)
         self._live = (len(drop), sum(drop.sizes))
         if self._ip_lease is not None:  # logged in: no longer counted as an unauthenticated connection
             self._ip_lease.release()
         self.state = "transaction"
         metrics.LOGINS.labels("pop3", "ok").inc()
         self.ok(f"Logged in, {len(drop)} messages")
+
+    # --- account moves (services/access/moves.py) ---------------------------------------------
+
+    def move_end(self, text: str) -> None:
+        if self._closed or self._quit:
+            return
+        self._move_err = text
+        if not self._busy:
+            self._end_for_move()
+
+    def _end_for_move(self) -> None:
+        # Closed without entering UPDATE (RFC 1939 §6): messages marked deleted stay.
+        self._quit = True
+        self._line(b"-ERR [SYS/TEMP] " + (self._move_err or "").encode())
+        self._lose()
+
+    def move_ended(self) -> bool:
+        # Closing is enough (the TLS layer may wait for the client's close_notify): after it
+        # no command is read, and none was running.
+        return self._closed or (self._move_err is not None and self._quit and not self._busy)
 
     def _open_failed(self, f: Failure) -> None:
         log.err(f, "pop3: cannot open the maildrop")
