@@ -28,12 +28,6 @@ A batch renames its files under the index's write lock, before its commit (as
 ``store()`` renames for flags); after a crash in between, the file carries the
 UID the index still lists under the old name, which ``Mailbox._locate`` and
 ``rebuild.rescan`` accept.
-
-An on-demand fill does not rename: renaming was 44 % of a first ``FETCH 1:*
-(RFC822.SIZE)`` on 100,000 imported files (py-spy, docs/benchmarks.md run 5),
-and the client waits for it. It lists those rows in the index's ``unnamed``
-table instead, and the background fill names them after the unfilled rows.
-The marker stays until both are done, so the crash argument above is unchanged.
 """
 
 from __future__ import annotations
@@ -116,14 +110,12 @@ def complete(box: Mailbox, uids: Sequence[int] | None = None, limit: int = FILL_
         found = _unfilled(db, mid, uids, 1 if uids is None else limit)
     if not found:
         if uids is None:
-            return _name_unnamed(box, limit)
-        return True
-    on_demand = uids is not None
+            _done(box)
+        return uids is not None
     with box._ix.write() as db:
         rows = _unfilled(db, mid, uids, limit)  # again under the lock: another thread may have filled them
         updates: list[tuple[str, int, float, int, int]] = []
         renames: list[tuple[str, str]] = []
-        unnamed: list[tuple[int, int]] = []
         added = 0
         for uid, stem, bits, size in rows:
             unknown = size < 0  # not yet in the bytes counter (a ,W= size was counted at import)
@@ -150,69 +142,19 @@ def complete(box: Mailbox, uids: Sequence[int] | None = None, limit: int = FILL_
             if unknown:
                 added += size
             new_stem = stem if uid_in(stem) == uid else f"{without_uid(stem)},U={uid}"
-            if new_stem != stem and on_demand:
-                unnamed.append((mid, uid))  # named later by the background fill (see the module doc)
-                new_stem = stem
-            elif new_stem != stem:
+            if new_stem != stem:
                 renames.append((path, f"{d}/cur/{new_stem}:2,{letters_of_bits(bits)}"))
             updates.append((new_stem, size, mtime, mid, uid))
         if updates:
             db.executemany("UPDATE messages SET stem = ?, size = ?, internaldate = ? WHERE mailbox_id = ? AND uid = ?",
                            updates)
-        if unnamed:
-            db.executemany("INSERT OR IGNORE INTO unnamed (mailbox_id, uid) VALUES (?, ?)", unnamed)
         if added:
             db.execute("UPDATE mailboxes SET bytes = bytes + ? WHERE id = ?", (added, mid))
         for old, new in renames:
             with contextlib.suppress(FileNotFoundError):
                 os.rename(old, new)
-        more = _work_left(db, mid)
-    if not more:
-        _done(box)
-    return more
-
-
-def _work_left(db: sqlite3.Connection, mid: int) -> bool:
-    """Whether MID has unfilled rows or rows whose file still lacks its UID."""
-    return db.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE mailbox_id = ? AND internaldate < 0) "
-                      "OR EXISTS (SELECT 1 FROM unnamed WHERE mailbox_id = ?)", (mid, mid)).fetchone()[0] == 1
-
-
-def _name_unnamed(box: Mailbox, limit: int) -> bool:
-    """Write their UIDs into the names of up to LIMIT files an on-demand fill left; True if more remain."""
-    mid, d = box.id, box._d
-    with box._ix.read() as db:
-        pending = db.execute("SELECT 1 FROM unnamed WHERE mailbox_id = ? LIMIT 1", (mid,)).fetchone()
-    if pending is None:
-        _done(box)
-        return False
-    with box._ix.write() as db:
-        # LEFT JOIN: an entry whose message was expunged meanwhile is just dropped.
-        rows = db.execute("SELECT u.uid, m.stem, m.flags FROM unnamed u LEFT JOIN messages m "
-                          "ON m.mailbox_id = u.mailbox_id AND m.uid = u.uid WHERE u.mailbox_id = ? "
-                          "ORDER BY u.uid LIMIT ?", (mid, limit)).fetchall()
-        stems: list[tuple[str, int, int]] = []
-        for uid, stem, bits in rows:
-            if stem is None or uid_in(stem) == uid:
-                continue
-            new_stem = f"{without_uid(stem)},U={uid}"
-            found = f"{d}/cur/{stem}:2,{letters_of_bits(bits)}"
-            for _ in range(2):
-                try:
-                    # Keep the name's own flags: another Maildir tool may have changed them (rescan reads them).
-                    info = found.rpartition(":2,")[2] if ":2," in os.path.basename(found) else ""
-                    os.rename(found, f"{d}/cur/{new_stem}:2,{info}")
-                except FileNotFoundError:
-                    found = box._locate(uid, stem, bits)  # type: ignore[assignment]
-                    if found is None:
-                        break  # gone: the next rescan removes the row
-                    continue
-                stems.append((new_stem, mid, uid))
-                break
-        if stems:
-            db.executemany("UPDATE messages SET stem = ? WHERE mailbox_id = ? AND uid = ?", stems)
-        db.executemany("DELETE FROM unnamed WHERE mailbox_id = ? AND uid = ?", [(mid, r[0]) for r in rows])
-        more = _work_left(db, mid)
+        more = db.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND internaldate < 0 LIMIT 1",
+                          (mid,)).fetchone() is not None
     if not more:
         _done(box)
     return more
@@ -238,8 +180,7 @@ def fill_in_background(store: MailStore) -> threading.Event | None:
     global _worker
     with store.index.read() as db:
         names = [r[0] for r in db.execute("SELECT name FROM mailboxes WHERE id IN "
-                                          "(SELECT DISTINCT mailbox_id FROM messages WHERE internaldate < 0) "
-                                          "OR id IN (SELECT DISTINCT mailbox_id FROM unnamed)")]
+                                          "(SELECT DISTINCT mailbox_id FROM messages WHERE internaldate < 0)")]
     if not names:
         return None
     done = threading.Event()

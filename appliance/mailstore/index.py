@@ -84,13 +84,6 @@ DROP INDEX IF EXISTS messages_deleted;
 -- (covering: no lookup of the table row). A query uses it only if its WHERE has the very term
 -- `flags & 1 = 0` (SQLite's rule for partial indexes), as Mailbox.uids_with writes it.
 CREATE INDEX IF NOT EXISTS messages_unseen_uids ON messages (mailbox_id, uid, flags) WHERE flags & 1 = 0;
--- Rows an on-demand fill completed without renaming the file (fill.py): the background fill
--- writes their UIDs into the names later. Kept apart so the hot path never renames.
-CREATE TABLE IF NOT EXISTS unnamed (
-    mailbox_id INTEGER NOT NULL,
-    uid        INTEGER NOT NULL,
-    PRIMARY KEY (mailbox_id, uid)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expunged (
     mailbox_id INTEGER NOT NULL,
     uid        INTEGER NOT NULL,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.mailstore import MailStore, MailstoreError, fill
+from appliance.mailstore import MailStore, MailstoreError
 from appliance.mailstore.fill import PENDING_NAMES
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
-from appliance.mailstore.mailbox import Mailbox
 from appliance.mailstore.maildir import without_uid
 from tests.mailstore.conftest import SPECIALS, deliver
 
@@ -207,14 +206,6 @@ def _foreign_maildir(root: Path, count: int) -> list[bytes]:
     return bodies
 
 
-def _name_all(box: Mailbox) -> None:
-    """Run the background fill's passes (fill.complete with no UIDs) until nothing is left."""
-    for _ in range(100):
-        if not fill.complete(box):
-            return
-    raise AssertionError("the fill never finished")
-
-
 def _drop_index(root: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
@@ -232,11 +223,9 @@ def test_foreign_maildir_is_indexed_first_and_filled_later(root: Path) -> None:
     rec = box.records([7])[0]
     assert rec.size == len(bodies[6].replace(b"\n", b"\r\n")) and rec.internaldate == 1_600_000_006
     assert box.read(7) == bodies[6].replace(b"\n", b"\r\n")
+    assert [n for n in os.listdir(root / "cur") if ",U=" in n] == [f"{1_600_000_006}.M6P1.oldhost,U=7:2,"]
     assert all(r.size > 0 and r.internaldate > 0 for r in box.records_range([(1, 30)]))
     assert store.status("INBOX").size == sum(len(b.replace(b"\n", b"\r\n")) for b in bodies)
-    # The client did not wait for renames: the names are written by the background fill's pass.
-    assert not any(",U=" in n for n in os.listdir(root / "cur")) and (root / PENDING_NAMES).exists()
-    _name_all(box)
     assert all(",U=" in n for n in os.listdir(root / "cur")) and not (root / PENDING_NAMES).exists()
     validity = box.uidvalidity
     store.close()
@@ -311,7 +300,6 @@ def test_import_numbers_claimed_duplicate_and_unnamed_files(root: Path) -> None:
     status = store.status("INBOX")
     assert (status.messages, status.unseen, status.deleted) == (5, 4 if five.startswith("1600000004") else 3, 1)
     assert all(r.size > 0 for r in box.records_range([(1, 100)]))  # filled on demand, never -1
-    _name_all(box)  # what the background fill does next
     # Every file now carries its UID in its name (the marker went with the last unfilled row).
     assert sorted(n.split(":2,")[0].rsplit(",U=", 1)[1] for n in os.listdir(root / "cur")) == ["2", "5", "7", "8", "9"]
     assert not (root / PENDING_NAMES).exists()
@@ -321,42 +309,3 @@ def test_import_numbers_claimed_duplicate_and_unnamed_files(root: Path) -> None:
 def _stems(store: MailStore, mid: int) -> list[tuple[int, str]]:
     with store.index.read() as db:
         return db.execute("SELECT uid, stem FROM messages WHERE mailbox_id = ? ORDER BY uid", (mid,)).fetchall()
-
-
-def test_rows_filled_on_demand_are_named_later_keeping_flags_and_uids(root: Path) -> None:
-    """An on-demand fill leaves the renames to the background (fill.py); until they are done the
-    marker stays, so a lost index still shows as a new UIDVALIDITY (RFC 3501 §2.3.1.1)."""
-    _foreign_maildir(root, 12)
-    store = MailStore.open(root, background_fill=False)
-    box = store.mailbox("INBOX")
-    assert len(box.records_range([(1, 12)])) == 12  # every row filled on demand, no file renamed
-    box.store([3], "add", ["\\Flagged"])
-    box.store([4], "add", ["\\Deleted"])
-    box.expunge()
-    validity = box.uidvalidity
-    store.close()
-    _drop_index(root)  # lost before the background named the files
-    lost = MailStore.open(root, background_fill=False)
-    assert lost.mailbox("INBOX").uidvalidity > validity
-    lost.close()
-
-    root = root.parent / "second"  # the same again, now with the background's pass before the loss
-    _foreign_maildir(root, 12)
-    store = MailStore.open(root, background_fill=False)
-    box = store.mailbox("INBOX")
-    box.records_range([(1, 12)])
-    box.store([3], "add", ["\\Flagged"])
-    box.store([4], "add", ["\\Deleted"])
-    box.expunge()
-    _name_all(box)
-    names = sorted(os.listdir(root / "cur"))
-    assert len(names) == 11 and all(",U=" in n for n in names) and not (root / PENDING_NAMES).exists()
-    assert any(",U=3:2," in n and "F" in n.split(":2,")[1] for n in names)  # the STORE's flag kept
-    validity = box.uidvalidity
-    store.close()
-    _drop_index(root)
-    again = MailStore.open(root, background_fill=False)
-    box = again.mailbox("INBOX")
-    assert box.uidvalidity == validity and list(box.state().uids) == [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12]
-    assert box.records([3])[0].flags == ("\\Flagged",)
-    again.close()
