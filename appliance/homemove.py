@@ -53,29 +53,12 @@ def copy_maildir(src: Path, dst: Path) -> Copied:
         raise MoveError(f"{src}: no Maildir there (is this the account's home box?)")
     if dst.exists() and any(dst.iterdir()):
         raise MoveError(f"{dst}: exists and is not empty: nothing copied (remove it or pick another box)")
-    out = Copied()
     tmp = dst.with_name(dst.name + ".moving")
     if tmp.exists():
         shutil.rmtree(tmp)  # a previous move that failed half-way: its partial copy is ours to drop
-    for root, _dirs, files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        (tmp / rel).mkdir(parents=True, exist_ok=True, mode=0o700)
-        _same_owner(Path(root), tmp / rel)
-        for name in files:
-            s, d = Path(root) / name, tmp / rel / name
-            if name.endswith(INDEX_SUFFIXES):
-                if name.endswith(".sqlite"):
-                    _backup(s, d)
-                    _same_owner(s, d)
-                    out.indexes += 1
-                continue
-            try:
-                shutil.copy2(s, d)
-            except FileNotFoundError:
-                continue  # expunged or renamed (flag change) while we walked: the catch-up pass sees it
-            _same_owner(s, d)
-            out.files += 1
-            out.bytes += d.stat().st_size
+    # The first copy is the final copy's walk into an empty directory; files expunged or renamed
+    # while it walks are skipped, and the final copy under the hold sees them.
+    out = sync_maildir(src, tmp)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists():
         dst.rmdir()  # empty (checked above)
