@@ -29,6 +29,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.mailstore.uidmap import UID_MAP
+
 INDEX_SUFFIXES = (".sqlite", ".sqlite-wal", ".sqlite-shm", ".sqlite-journal")
 
 
@@ -101,7 +103,7 @@ def sync_maildir(src: Path, dst: Path) -> Copied:
                     _same_owner(s, d)
                     out.indexes += 1
                 continue
-            if d.exists():
+            if d.exists() and name != UID_MAP:
                 continue  # a message file is never rewritten in place: same name, same content
             try:
                 shutil.copy2(s, d)

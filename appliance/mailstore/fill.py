@@ -18,16 +18,15 @@ commits UIDs, flags and any size the name carries; every such row is
 The mailbox's ``bytes`` counter (quota, STATUS SIZE) grows as sizes become
 known: until the fill ends, it undercounts the unfilled messages.
 
-Names. An unfilled row's stem is the file's name as found, without ``,U=``:
-until its batch renames the file, its UID lives in the index alone. The marker
-``PENDING_NAMES`` is made durable before the import commits and removed when no
-unfilled row is left. A rebuild that finds it (the index was lost meanwhile)
-cannot recover those UIDs from the names, so it takes a new UIDVALIDITY
-(RFC 3501 §2.3.1.1: a change of UIDs MUST be visible through UIDVALIDITY).
-A batch renames its files under the index's write lock, before its commit (as
-``store()`` renames for flags); after a crash in between, the file carries the
-UID the index still lists under the old name, which ``Mailbox._locate`` and
-``rebuild.rescan`` accept.
+Names. No file is renamed here: the UIDs of files whose names do not carry
+them are in ``appliance-uidmap``, written once by the import (uidmap.py). An
+earlier version renamed each such file in its batch (``,U=<uid>``) and kept the
+marker ``PENDING_NAMES`` while some were left; that rename was 44 % of the
+first FETCH RFC822.SIZE of a 100,000-file import. A folder still marked by that
+version gets its list written from the index when its fill ends (``_done``),
+and until then a lost index takes a new UIDVALIDITY (rebuild.py). A file such
+a batch renamed and whose commit was lost carries the UID the index lists under
+the old name, which ``Mailbox._locate`` and ``rebuild.rescan`` accept.
 """
 
 from __future__ import annotations
@@ -41,11 +40,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.fsutil import atomic_write
 from appliance.mailstore.errors import MailstoreError
-from appliance.mailstore.maildir import crlf_size, letters_of_bits, uid_in, without_uid
+from appliance.mailstore.maildir import crlf_size, letters_of_bits
+from appliance.mailstore.uidmap import write_uidmap
 
 if TYPE_CHECKING:
     from appliance.mailstore.account import MailStore
@@ -73,11 +73,6 @@ def file_size(path: str) -> int | None:
     finally:
         os.close(fd)
     return crlf_size(b"".join(chunks))
-
-
-def mark_pending(folder: str) -> None:
-    """Record, durably, that FOLDER has files whose UID is not yet in their name (before the commit)."""
-    atomic_write(f"{folder}/{PENDING_NAMES}", "files in cur/ whose UID is in the index only\n", mode=0o600)
 
 
 def names_pending(folder: str) -> bool:
@@ -114,8 +109,7 @@ def complete(box: Mailbox, uids: Sequence[int] | None = None, limit: int = FILL_
         return uids is not None
     with box._ix.write() as db:
         rows = _unfilled(db, mid, uids, limit)  # again under the lock: another thread may have filled them
-        updates: list[tuple[str, int, float, int, int]] = []
-        renames: list[tuple[str, str]] = []
+        updates: list[tuple[int, float, int, int]] = []
         added = 0
         for uid, stem, bits, size in rows:
             unknown = size < 0  # not yet in the bytes counter (a ,W= size was counted at import)
@@ -137,22 +131,16 @@ def complete(box: Mailbox, uids: Sequence[int] | None = None, limit: int = FILL_
             if mtime is None or size < 0:
                 # Gone: another Maildir tool removed it. Zeroes end its unfilled state; the next
                 # rescan of cur/ removes the row (and a FETCH meanwhile gets EXPUNGEISSUED).
-                updates.append((stem, max(size, 0), 0.0, mid, uid))
+                updates.append((max(size, 0), 0.0, mid, uid))
                 continue
             if unknown:
                 added += size
-            new_stem = stem if uid_in(stem) == uid else f"{without_uid(stem)},U={uid}"
-            if new_stem != stem:
-                renames.append((path, f"{d}/cur/{new_stem}:2,{letters_of_bits(bits)}"))
-            updates.append((new_stem, size, mtime, mid, uid))
+            updates.append((size, mtime, mid, uid))
         if updates:
-            db.executemany("UPDATE messages SET stem = ?, size = ?, internaldate = ? WHERE mailbox_id = ? AND uid = ?",
+            db.executemany("UPDATE messages SET size = ?, internaldate = ? WHERE mailbox_id = ? AND uid = ?",
                            updates)
         if added:
             db.execute("UPDATE mailboxes SET bytes = bytes + ? WHERE id = ?", (added, mid))
-        for old, new in renames:
-            with contextlib.suppress(FileNotFoundError):
-                os.rename(old, new)
         more = db.execute("SELECT 1 FROM messages WHERE mailbox_id = ? AND internaldate < 0 LIMIT 1",
                           (mid,)).fetchone() is not None
     if not more:
@@ -162,8 +150,13 @@ def complete(box: Mailbox, uids: Sequence[int] | None = None, limit: int = FILL_
 
 def _done(box: Mailbox) -> None:
     box.unfilled = False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(f"{box._d}/{PENDING_NAMES}")
+    if names_pending(box._d):
+        # Marked by the version that renamed files (module docstring): their UIDs go into the
+        # list now, before the marker goes, so a lost index still finds them.
+        with box._ix.write() as db:
+            write_uidmap(db, box.id, Path(box._d), box.uidvalidity)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{box._d}/{PENDING_NAMES}")
 
 
 _queue: queue.SimpleQueue[tuple[MailStore, list[str], threading.Event]] = queue.SimpleQueue()

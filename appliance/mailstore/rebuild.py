@@ -2,7 +2,8 @@
 
 What is recovered, and from where:
 
-* UIDs from the file names (``,U=<uid>``), or from the old ``appliance-uidlist``;
+* UIDs from the file names (``,U=<uid>``), from ``appliance-uidmap`` for the
+  files whose names do not say it (uidmap.py), or from the old ``appliance-uidlist``;
 * UIDVALIDITY and a UIDNEXT floor from ``appliance-uidvalidity`` (written at
   CREATE and whenever an expunge removes the highest UIDs), or from the old
   uidlist's header, so clients keep their caches;
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.mailstore.fill import file_size, mark_pending, names_pending
+from appliance.mailstore.fill import PENDING_NAMES, file_size, names_pending
 from appliance.mailstore.index import adjust_counts
 from appliance.mailstore.mailbox import VALIDITY_FILE, write_validity
 from appliance.mailstore.maildir import (
@@ -38,6 +39,7 @@ from appliance.mailstore.maildir import (
     vsize_in,
     without_uid,
 )
+from appliance.mailstore.uidmap import UID_MAP, read_uidmap, write_uidmap
 
 if TYPE_CHECKING:
     import sqlite3
@@ -121,9 +123,11 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     fresh = validity is None
     if validity is None:
         validity = new_uidvalidity(db)
-    if names_pending(str(path)) and not fresh:
-        # The index was lost while some files carried their UID in the index only (fill.py): those
-        # UIDs cannot be recovered, and a change of UIDs MUST show as a new UIDVALIDITY (RFC 3501 §2.3.1.1).
+    mapped = read_uidmap(path, validity) if old is None else {}
+    if names_pending(str(path)) and not fresh and not mapped:
+        # A store before uidmap.py: the index was lost while some files carried their UID in the
+        # index only (the fill had not renamed them yet). Those UIDs cannot be recovered, and a
+        # change of UIDs MUST show as a new UIDVALIDITY (RFC 3501 §2.3.1.1).
         validity = new_uidvalidity(db, above=validity)
     cur = f"{path}/cur"
     # Only the listing: no stat, read or rename per file here. Internal dates, sizes missing from
@@ -152,8 +156,9 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
             # The substring tests first: most names carry neither, and the regular expressions cost more.
             named = uid_in(stem) if ",U=" in stem else None
             size = entry[1] if entry else (vsize_in(stem) if ",W=" in stem else None)
+            uid = entry[0] if entry else (mapped.get(stem, named) if mapped else named)
             batch.append((stem, bits, " ".join(sorted(set(entry[2]))) if entry else "",
-                          -1 if size is None else size, named, entry[0] if entry else named))
+                          -1 if size is None else size, named, uid))
             if len(batch) >= _IMPORT_BATCH:
                 _stage(db, batch)
     _stage(db, batch)
@@ -172,7 +177,7 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     uidnext = max(floor, (top or 0) + 1)
     first_new = uidnext
     uidnext += missing + dupes
-    unnamed = uidnext > first_new or odd > 0  # some file's UID is not (yet) in its name
+    unnamed = uidnext > first_new or odd > 0  # some file's name does not say its UID (uidmap.py)
     modseq = 1 if fresh and not count else rebuild_modseq()
     cursor = db.execute("INSERT INTO mailboxes(name, uidvalidity, uidnext, highestmodseq, special_use, "
                         "first_recent_uid, messages, bytes, unseen, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -192,13 +197,23 @@ def import_folder(db: sqlite3.Connection, name: str, path: Path, special_use: st
     with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
         kws |= set((path / OLD_KEYWORDS).read_text().split())
     db.executemany("INSERT OR IGNORE INTO keywords(mailbox_id, keyword) VALUES (?, ?)", [(mid, k) for k in kws])
-    if unnamed:
-        mark_pending(str(path))  # durable before the commit, so a lost index is known to have lost UIDs
+    # The order matters for a crash between these steps: the UIDVALIDITY first (a list written
+    # under another one is ignored), then the list, then the old marker (still there, it makes
+    # the next import take a new UIDVALIDITY, which is always safe).
     write_validity(path, validity, uidnext)
+    if unnamed:
+        # Durable before the commit: a lost index finds these UIDs again (uidmap.py), and no file
+        # is renamed for them.
+        write_uidmap(db, mid, path, validity)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / UID_MAP)  # every name says its UID: an older list would only mislead
+    if names_pending(str(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / PENDING_NAMES)  # the list above (or the names) now holds every UID
     if old is not None:
         # Imported once: from now on the index is the truth (a later rebuild must not bring back
-        # this list's stale keywords). UIDs stay recoverable once the fill has named every file
-        # ,U=; until then the pending-names marker makes a lost index take a new UIDVALIDITY.
+        # this list's stale keywords). The UIDs it gave stay recoverable through the new list.
         os.replace(path / OLD_UIDLIST, path / (OLD_UIDLIST + ".migrated"))
 
 

@@ -12,6 +12,7 @@ from appliance.mailstore import MailStore, MailstoreError
 from appliance.mailstore.fill import PENDING_NAMES
 from appliance.mailstore.index import INDEX_FILE, REBUILDS
 from appliance.mailstore.maildir import without_uid
+from appliance.mailstore.uidmap import UID_MAP
 from tests.mailstore.conftest import SPECIALS, deliver
 
 MSG = b"Subject: r\n\nbody\n"
@@ -119,9 +120,10 @@ def test_old_uidlist_store_migrated_once(root: Path) -> None:
     # Once: the old list is not read again (a change made since survives a reopen, and a rebuild).
     again = MailStore.open(root, SPECIALS, "Outbox")
     assert again.mailbox("INBOX").records([1])[0].flags == ("later",)
-    again.finish_fill()  # the old store's files get their UIDs in their names (fill.py)
+    again.finish_fill()
     again.close()
     assert not (root / PENDING_NAMES).exists()
+    assert (root / UID_MAP).exists()  # the old list's UIDs live on in the new one (uidmap.py)
     assert not (root / "appliance-uidlist").exists()
     for suffix in ("", "-wal", "-shm"):
         Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
@@ -211,52 +213,117 @@ def _drop_index(root: Path) -> None:
         Path(str(root / INDEX_FILE) + suffix).unlink(missing_ok=True)
 
 
+def _uid_of_body(box, count: int) -> dict[bytes, int]:
+    return {box.read(uid): uid for uid in box.state().uids[:count]}
+
+
 def test_foreign_maildir_is_indexed_first_and_filled_later(root: Path) -> None:
-    """The first open only lists cur/; sizes, dates and UID names come later, never wrong (fill.py)."""
+    """The first open only lists cur/; sizes and dates come later, never wrong (fill.py); no file
+    is renamed, and the UIDs survive a lost index through the folder's UID list (uidmap.py)."""
     bodies = _foreign_maildir(root, 30)
+    names = sorted(os.listdir(root / "cur"))
     store = MailStore.open(root, background_fill=False)
     box = store.mailbox("INBOX")
     assert list(box.state().uids) == list(range(1, 31))  # name order is delivery order
-    assert not any(",U=" in n for n in os.listdir(root / "cur"))  # nothing renamed yet
-    assert (root / PENDING_NAMES).exists()
+    lines = (root / UID_MAP).read_text().splitlines()
+    assert lines[0] == f"A2 V{box.uidvalidity}" and len(lines) == 31
     # What a client asks for is completed on demand: right sizes (CRLF) and dates (mtime).
     rec = box.records([7])[0]
     assert rec.size == len(bodies[6].replace(b"\n", b"\r\n")) and rec.internaldate == 1_600_000_006
     assert box.read(7) == bodies[6].replace(b"\n", b"\r\n")
-    assert [n for n in os.listdir(root / "cur") if ",U=" in n] == [f"{1_600_000_006}.M6P1.oldhost,U=7:2,"]
     assert all(r.size > 0 and r.internaldate > 0 for r in box.records_range([(1, 30)]))
     assert store.status("INBOX").size == sum(len(b.replace(b"\n", b"\r\n")) for b in bodies)
-    assert all(",U=" in n for n in os.listdir(root / "cur")) and not (root / PENDING_NAMES).exists()
+    assert sorted(os.listdir(root / "cur")) == names  # the names are the other tools' as they were
+    before = _uid_of_body(box, 30)
     validity = box.uidvalidity
     store.close()
     _drop_index(root)
     again = MailStore.open(root, background_fill=False)
     box = again.mailbox("INBOX")
     assert box.uidvalidity == validity and list(box.state().uids) == list(range(1, 31))
+    assert _uid_of_body(box, 30) == before  # each message has the UID it had
     assert box.records([30])[0].size == len(bodies[29].replace(b"\n", b"\r\n"))
     again.close()
 
 
-def test_background_fill_names_every_file(root: Path) -> None:
+def test_background_fill_renames_nothing(root: Path) -> None:
     _foreign_maildir(root, 25)
+    names = sorted(os.listdir(root / "cur"))
     store = MailStore.open(root)
     store.finish_fill()
-    names = os.listdir(root / "cur")
-    assert sorted(int(n.split(",U=")[1].split(":")[0]) for n in names) == list(range(1, 26))
-    assert not (root / PENDING_NAMES).exists()
+    assert sorted(os.listdir(root / "cur")) == names
     assert store.status("INBOX").size > 0
     store.close()
 
 
-def test_index_lost_before_the_names_were_written_changes_uidvalidity(root: Path) -> None:
-    """RFC 3501 §2.3.1.1: UIDs that cannot be recovered MUST show as a new UIDVALIDITY."""
+def test_flag_changes_keep_the_stem_the_uid_list_names(root: Path) -> None:
+    """A STORE renames the info part only; a new delivery is named with its UID; both survive a rebuild."""
+    _foreign_maildir(root, 5)
+    store = MailStore.open(root, background_fill=False)
+    box = store.mailbox("INBOX")
+    box.store([2], "add", ["\\Flagged"])
+    deliver(root, MSG)
+    box.sync()
+    box.expunge([1])
+    validity, bodies = box.uidvalidity, _uid_of_body(box, 5)
+    store.close()
+    assert len((root / UID_MAP).read_text().splitlines()) == 6  # written once, at import
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    box = again.mailbox("INBOX")
+    assert box.uidvalidity == validity and list(box.state().uids) == [2, 3, 4, 5, 6]
+    assert _uid_of_body(box, 5) == bodies
+    assert set(box.records([2])[0].flags) == {"\\Seen", "\\Flagged"}  # S from the name, F from the STORE
+    again.close()
+
+
+def test_uid_list_of_another_uidvalidity_is_ignored(root: Path) -> None:
+    _foreign_maildir(root, 4)
+    store = MailStore.open(root, background_fill=False)
+    validity = store.mailbox("INBOX").uidvalidity
+    store.close()
+    text = (root / UID_MAP).read_text().splitlines()
+    (root / UID_MAP).write_text("\n".join([f"A2 V{validity + 5}", "40 " + text[1].split(" ", 1)[1], *text[2:]]) + "\n")
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    assert 40 not in again.mailbox("INBOX").state().uids  # the stray list is not believed
+    again.close()
+
+
+def test_index_lost_while_the_old_rename_marker_stood_changes_uidvalidity(root: Path) -> None:
+    """A folder left by the version that renamed files (fill.py), marked and without a UID list:
+    RFC 3501 §2.3.1.1: UIDs that cannot be recovered MUST show as a new UIDVALIDITY."""
     _foreign_maildir(root, 10)
     store = MailStore.open(root, background_fill=False)
     validity = store.mailbox("INBOX").uidvalidity
     store.close()
+    (root / UID_MAP).unlink()
+    (root / PENDING_NAMES).write_text("files in cur/ whose UID is in the index only\n")
     _drop_index(root)
     again = MailStore.open(root, background_fill=False)
     assert again.mailbox("INBOX").uidvalidity > validity
+    again.close()
+    assert not (root / PENDING_NAMES).exists() and (root / UID_MAP).exists()
+
+
+def test_old_rename_marker_becomes_a_uid_list_when_the_fill_ends(root: Path) -> None:
+    _foreign_maildir(root, 6)
+    store = MailStore.open(root, background_fill=False)
+    box = store.mailbox("INBOX")
+    (root / UID_MAP).unlink()
+    (root / PENDING_NAMES).write_text("files in cur/ whose UID is in the index only\n")
+    box.unfilled = True
+    assert all(r.size > 0 for r in box.records_range([(1, 6)]))
+    while box.unfilled:
+        store.finish_fill()
+        box.records_range([(1, 6)])
+    validity, bodies = box.uidvalidity, _uid_of_body(box, 6)
+    store.close()
+    assert not (root / PENDING_NAMES).exists() and (root / UID_MAP).exists()
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    box = again.mailbox("INBOX")
+    assert box.uidvalidity == validity and _uid_of_body(box, 6) == bodies
     again.close()
 
 
@@ -284,7 +351,8 @@ def test_import_numbers_claimed_duplicate_and_unnamed_files(root: Path) -> None:
         (root / "cur" / name).write_bytes(body)
     (root / "appliance-uidvalidity").write_text("V777 N7\n")
     store = MailStore.open(root, background_fill=False)
-    assert (root / PENDING_NAMES).exists()  # UIDs 7-9 are in the index only until the fill names them
+    listed = dict(reversed(line.split(" ", 1)) for line in (root / UID_MAP).read_text().splitlines()[1:])
+    assert sorted(int(u) for u in listed.values()) == [7, 8, 9]  # the renumbered: in the list, not renamed
     box = store.mailbox("INBOX")
     st = box.state()
     assert box.uidvalidity == 777
@@ -300,10 +368,13 @@ def test_import_numbers_claimed_duplicate_and_unnamed_files(root: Path) -> None:
     status = store.status("INBOX")
     assert (status.messages, status.unseen, status.deleted) == (5, 4 if five.startswith("1600000004") else 3, 1)
     assert all(r.size > 0 for r in box.records_range([(1, 100)]))  # filled on demand, never -1
-    # Every file now carries its UID in its name (the marker went with the last unfilled row).
-    assert sorted(n.split(":2,")[0].rsplit(",U=", 1)[1] for n in os.listdir(root / "cur")) == ["2", "5", "7", "8", "9"]
-    assert not (root / PENDING_NAMES).exists()
+    assert sorted(os.listdir(root / "cur")) == sorted(files)  # no file renamed
     store.close()
+    _drop_index(root)
+    again = MailStore.open(root, background_fill=False)
+    assert again.mailbox("INBOX").uidvalidity == 777
+    assert _stems(again, again.mailbox("INBOX").id) == sorted(stems.items())  # the same UID for each file
+    again.close()
 
 
 def _stems(store: MailStore, mid: int) -> list[tuple[int, str]]:
