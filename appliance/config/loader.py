@@ -842,17 +842,3 @@ def reference_markdown() -> str:
     _doc_model(RelayRoute, "relay.relay_routes.DOMAIN.", out)
     _doc_model(FleetBox, "fleet.boxes.NAME.", out)
     return "\n".join(out).rstrip() + "\n"
-
-
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--docs"]:
-        sys.stdout.write(reference_markdown())
-    elif len(sys.argv) == 3 and sys.argv[1] == "--check":
-        try:
-            load(sys.argv[2])
-        except ConfigError as e:
-            print(e, file=sys.stderr)
-            sys.exit(2)
-    else:
-        print("usage: python -m appliance.config --docs | --check FILE", file=sys.stderr)
-        sys.exit(64)
