@@ -18,7 +18,13 @@ from appliance.config.access import AccessConfig
 from appliance.config.base import CONFIG_ENV, DEFAULT_CONFIG, ConfigError, Port, TlsMode, check_domain, ip_list
 from appliance.config.box import BoxConfig, DkimConfig, PathsConfig, TlsConfig
 from appliance.config.limits import AbuseBrakeConfig, LimitClass, LimitsConfig, Size
-from appliance.config.listeners import Listener, ListenersConfig, WellKnownListener
+from appliance.config.listeners import (
+    Listener,
+    ListenersConfig,
+    PublicWebListener,
+    WellKnownHttpListener,
+    WellKnownListener,
+)
 from appliance.config.loader import Config, load, parse
 from appliance.config.publish import PublishConfig
 from appliance.config.reference import reference_markdown
@@ -62,6 +68,8 @@ __all__ = [
     "TlsMode",
     "UpstreamConfig",
     "VerifyConfig",
+    "PublicWebListener",
+    "WellKnownHttpListener",
     "WellKnownListener",
     "check_domain",
     "ip_list",

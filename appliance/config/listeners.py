@@ -27,13 +27,9 @@ class Listener(Model):
         return v
 
 
-class WellKnownListener(Listener):
-    """The public HTTPS listener for the well-known names (services/console/wellknown.py, docs/console.md):
-    mta-sts.DOMAIN, autoconfig.DOMAIN, autodiscover.DOMAIN and box.hostname. Off until its table is written."""
+class PublicWebListener(Listener):
+    """The caps every public web listener has (services/console/wellknown.py counts them)."""
 
-    host: str = Field("0.0.0.0", description="Address to bind (public: senders and mail clients fetch from outside).")
-    port: Port = Field(443, description="TCP port (RFC 8461 3.3 and the mail clients use 443).")
-    tls: TlsMode = Field("implicit", description="Must be `implicit` (HTTPS only).")
     max_connections: int = Field(200, ge=1, le=100_000, description="Open connections at most, all clients together.")
     max_per_client: int = Field(8, ge=1, le=10_000,
                                 description="Open connections at most per client address (IPv6 counted by /64).")
@@ -41,6 +37,37 @@ class WellKnownListener(Listener):
         30.0, ge=1.0, le=3600.0,
         description="Seconds a connection may live in all, the TLS handshake included; then it is closed.",
     )
+
+
+class WellKnownListener(PublicWebListener):
+    """The public HTTPS listener for the well-known names (services/console/wellknown.py, docs/console.md):
+    mta-sts.DOMAIN, autoconfig.DOMAIN, autodiscover.DOMAIN and box.hostname. Off until its table is written."""
+
+    host: str = Field("0.0.0.0", description="Address to bind (public: senders and mail clients fetch from outside).")
+    port: Port = Field(443, description="TCP port (RFC 8461 3.3 and the mail clients use 443).")
+    tls: TlsMode = Field("implicit", description="Must be `implicit` (HTTPS only).")
+
+
+class WellKnownHttpListener(PublicWebListener):
+    """The public plain-HTTP listener (services/console/wellknown_http.py, docs/console.md): Thunderbird's
+    `http://autoconfig.DOMAIN/mail/config-v1.1.xml`, Outlook's Autodiscover redirect (302), ACME HTTP-01
+    challenges from `acme_webroot`; every other request on the well-known names a 301 to the same https:// URL.
+    Never the console or the MTA-STS policy. Needs `[listeners.wellknown]`. Off until its table is written."""
+
+    host: str = Field("0.0.0.0", description="Address to bind (public: mail clients and the ACME CA fetch from outside).")
+    port: Port = Field(80, description="TCP port (clients and ACME HTTP-01 use 80).")
+    tls: TlsMode = Field("none", description="Must be `none` (plain HTTP).")
+    acme_webroot: str = Field(
+        "", description="certbot's `--webroot` directory: `/.well-known/acme-challenge/TOKEN` is served from "
+        "ACME_WEBROOT/.well-known/acme-challenge/TOKEN (Salt sets it from tls:certbot:webroot); empty: none served.",
+    )
+
+    @field_validator("acme_webroot")
+    @classmethod
+    def _webroot(cls, v: str) -> str:
+        if v and not v.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return v.rstrip("/") or v
 
 
 class ListenersConfig(Model):
@@ -75,4 +102,10 @@ class ListenersConfig(Model):
         description="MTA-STS policy, Thunderbird autoconfig and Outlook Autodiscover on the public names over "
         "HTTPS (docs/console.md). Off unless a `[listeners.wellknown]` table is written (then on by default): "
         "its names join the certificate's, and each must resolve to the box first.",
+    )
+    wellknown_http: WellKnownHttpListener = Field(
+        default_factory=lambda: WellKnownHttpListener(enabled=False),
+        description="Plain HTTP on the well-known names (docs/console.md): Thunderbird's HTTP autoconfig, "
+        "redirects to HTTPS, ACME HTTP-01 from a webroot. Off unless a `[listeners.wellknown_http]` table is "
+        "written (then on by default); needs `listeners.wellknown` on.",
     )

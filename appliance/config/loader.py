@@ -51,6 +51,7 @@ class Config(Model):
                 raise ValueError("listeners.wellknown.tls: must be 'implicit' (the well-known names are HTTPS only)")
             if con.enabled and wk.port == con.port and _overlap(wk.host, con.host):
                 raise ValueError(f"listeners.wellknown.port: {wk.port} is the console's port (listeners.console.port)")
+        self._check_wellknown_http()
         if self.box.role == "edge" and self.relay.upstream is None:
             raise ValueError("relay.upstream: required when box.role is 'edge'")
         if self.box.role == "member" and not self.box.member_id:
@@ -73,6 +74,20 @@ class Config(Model):
         if self.fleet.boxes and self.state.backend != "shared":
             raise ValueError("fleet.boxes: home boxes need state.backend = 'shared' (the accounts are shared)")
         return self
+
+    def _check_wellknown_http(self) -> None:
+        http, wk, con = self.listeners.wellknown_http, self.listeners.wellknown, self.listeners.console
+        if not http.enabled:
+            return
+        if http.tls != "none":
+            raise ValueError("listeners.wellknown_http.tls: must be 'none' (plain HTTP; HTTPS is listeners.wellknown)")
+        if not wk.enabled:
+            raise ValueError("listeners.wellknown_http: needs listeners.wellknown on (its redirects go to that "
+                             "HTTPS listener): write a [listeners.wellknown] table")
+        for key, other in (("wellknown", wk), ("console", con)):
+            if other.enabled and http.port == other.port and _overlap(http.host, other.host):
+                raise ValueError(f"listeners.wellknown_http.port: {http.port} is listeners.{key}.port "
+                                 "on an overlapping address")
 
     @property
     def registry_dir(self) -> Path:
