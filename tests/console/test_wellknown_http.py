@@ -224,6 +224,16 @@ def test_listed_in_status_as_a_console_endpoint(plain: Plain) -> None:
                                            "port": plain.port, "tls": "none", "enabled": True}
 
 
+def test_doctor_fetches_the_http_autoconfig_and_the_redirect(plain: Plain) -> None:
+    found = {f["check"]: f for f in json.loads(run_cli(plain.config, "doctor", "--json", check=False).stdout)}
+    for d in plain.domains:
+        assert found[f"http autoconfig {d}"]["level"] == "ok", found[f"http autoconfig {d}"]
+        assert found[f"http redirect {d}"]["level"] == "ok", found[f"http redirect {d}"]
+    assert found["listener wellknown_http"]["level"] == "ok"
+    assert "acme webroot" not in found  # the fixture's webroot has its challenge directory
+    assert found["http reachable"]["level"] == "warning"  # loopback, not port 80
+
+
 @pytest.mark.parametrize(("change", "key"), [
     ({"tls": "implicit"}, "listeners.wellknown_http.tls"),
     ({"port": "HTTPS"}, "listeners.wellknown_http.port"),
