@@ -6,8 +6,8 @@ What clients really ask for over plain HTTP, and what each gets:
   over ``http://`` (Thunderbird's autoconfig lookup order); a redirect there would only send it back
   to the HTTPS fetch that already failed, so that one URL is served as it is over HTTPS. The file
   holds no secret (server names, ports, ``%EMAILADDRESS%``); an attacker on the path could alter it,
-  which Thunderbird's own documentation of the HTTP fetch accepts, and the client still verifies the
-  IMAP/SMTP certificates it is pointed at.
+  the risk Thunderbird takes with its own HTTP fetch (off with ``mailnews.auto_config.fetchFromISP.sslOnly``),
+  and the client still verifies the IMAP/SMTP certificates it is pointed at.
 - Outlook's "HTTP redirect method" (MS-OXDISCO) GETs
   ``http://autodiscover.DOMAIN/Autodiscover/Autodiscover.xml`` and expects a **302** whose Location
   starts with ``https://`` and ends in ``/autodiscover/autodiscover.xml``; it then asks the user and
