@@ -232,6 +232,13 @@ def test_doctor_fetches_the_http_autoconfig_and_the_redirect(plain: Plain) -> No
     assert found["listener wellknown_http"]["level"] == "ok"
     assert "acme webroot" not in found  # the fixture's webroot has its challenge directory
     assert found["http reachable"]["level"] == "warning"  # loopback, not port 80
+    # A webroot certbot could not write into (renewals would fail): said.
+    data = tomllib.loads(plain.config.read_text())
+    data["listeners"]["wellknown_http"]["acme_webroot"] = str(plain.webroot / "missing")
+    other = plain.config.with_name("no-webroot.toml")
+    other.write_text(tomli_w.dumps(data))
+    found = {f["check"]: f for f in json.loads(run_cli(other, "doctor", "--json", check=False).stdout)}
+    assert found["acme webroot"]["level"] == "warning" and "acme-challenge" in found["acme webroot"]["summary"]
 
 
 @pytest.mark.parametrize(("change", "key"), [
