@@ -47,7 +47,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         "console",
         "services.console",
-        ("console", "wellknown"),
+        ("console", "wellknown", "wellknown_http"),
         built=True,
         description="Web console: health, queue, accounts, limits, graphs; the well-known names (twisted.web)",
     ),

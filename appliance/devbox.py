@@ -94,7 +94,7 @@ def init_dev(
     cfg_file = d / "appliance.toml"
     if cfg_file.exists() and not force:
         raise DevBoxError(f"{cfg_file} already exists (use --force to overwrite)")
-    domain = config_mod._check_domain(domain)
+    domain = config_mod.check_domain(domain)
     hostname = hostname or f"mx.{domain}"
     ports = pick_ports(host, base_port)
     for sub in ("etc/tls", "etc/dkim", *DEV_PATHS.values()):

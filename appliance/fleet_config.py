@@ -2,7 +2,7 @@
 
 An account's `home` names the box that holds its Maildir. Every box needs to know its own name
 (`fleet.box`) and, for every other box, where its relay and its access service listen on the
-internal network and how to verify them (the fleet's CA). Kept apart from appliance/config.py
+internal network and how to verify them (the fleet's CA). Kept apart from appliance/config/
 because only a fleet needs it; the models follow the same rules (unknown keys refused, no
 coercion) and are checked when the config loads, before anything listens.
 """

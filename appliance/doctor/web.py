@@ -4,12 +4,14 @@ Senders fetch ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt`` and clients ``h
 from outside, on port 443. With `listeners.wellknown` on, doctor fetches every name from that listener
 as a client would: the certificate verified for the name (check_wellknown). Without it, the policy is
 fetched from the console's own endpoint (no verification: check_certificate judges the names).
+With `listeners.wellknown_http` on, its HTTP autoconfig and its redirect are fetched too (check_wellknown_http).
 """
 
 from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import socket
 import ssl
 
@@ -108,9 +110,56 @@ def check_wellknown(cfg: Config) -> list[Finding]:
     return out
 
 
+def _plain_get(address: str, port: int, name: str, path: str) -> tuple[int, str, bytes]:
+    """(status, Location, body) of http://NAME/PATH dialled at ADDRESS:PORT; redirects not followed."""
+    conn = http.client.HTTPConnection(address, port, timeout=FETCH_TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"Host": name})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Location") or "", resp.read(MAX_POLICY)
+    finally:
+        conn.close()
+
+
+def check_wellknown_http(cfg: Config) -> list[Finding]:
+    """The plain-HTTP listener: Thunderbird's HTTP autoconfig served, the policy only as a redirect to HTTPS."""
+    lst = cfg.listeners.wellknown_http
+    address = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(lst.host, lst.host)
+    out = []
+    for domain in cfg.box.domains:
+        label = f"http autoconfig {domain}"
+        try:
+            status, _, body = _plain_get(address, lst.port, f"autoconfig.{domain}", "/mail/config-v1.1.xml")
+            if status == 200 and b"<clientConfig" in body:
+                out.append(Finding(label, "ok", f"http://autoconfig.{domain}/mail/config-v1.1.xml served"))
+            else:
+                out.append(Finding(label, "error", f"answered {status}: {body[:80]!r}", "see the console's log"))
+            label = f"http redirect {domain}"
+            status, location, body = _plain_get(address, lst.port, f"mta-sts.{domain}", mtasts.WELL_KNOWN_PATH)
+            if status == 301 and location.startswith(f"https://mta-sts.{domain}") and b"STSv1" not in body:
+                out.append(Finding(label, "ok", f"http://mta-sts.{domain}/ redirects to HTTPS (policy not served)"))
+            else:
+                out.append(Finding(label, "error", f"http://mta-sts.{domain}{mtasts.WELL_KNOWN_PATH} answered "
+                                   f"{status} {location[:80]!r}", "see the console's log"))
+        except (OSError, http.client.HTTPException) as exc:
+            out.append(Finding(label, "error", f"listeners.wellknown_http {address}:{lst.port} did not answer: "
+                               f"{exc}", "start the console (appliance up) and see its log"))
+    if lst.acme_webroot and not os.access(os.path.join(lst.acme_webroot, ".well-known", "acme-challenge"),
+                                          os.R_OK | os.X_OK):
+        out.append(Finding("acme webroot", "warning", f"{lst.acme_webroot}/.well-known/acme-challenge is missing "
+                           "or unreadable: certbot --webroot renewals would fail",
+                           "create it (Salt's certbot state does) readable by the service user"))
+    if lst.port != 80 or not ipaddress.ip_address(address).is_global:
+        out.append(Finding("http reachable", "warning", f"listeners.wellknown_http is on {address}:{lst.port}, but "
+                           "clients and the ACME CA fetch http://NAME/ on port 80 from outside",
+                           "bind listeners.wellknown_http to the public address on port 80 (docs/console.md)"))
+    return out
+
+
 def check_web(cfg: Config) -> list[Finding]:
     if cfg.listeners.wellknown.enabled:
-        return check_wellknown(cfg)
+        out = check_wellknown(cfg)
+        return out + check_wellknown_http(cfg) if cfg.listeners.wellknown_http.enabled else out
     lst = cfg.listeners.console
     if not lst.enabled:
         return [Finding("mta-sts policy", "warning", "listeners.console is disabled: nothing serves the MTA-STS "

@@ -25,7 +25,7 @@ One ``ConnectionCaps`` per access process, shared by the IMAP and POP3 listeners
     # connectionLost (always, whatever state; release() is idempotent):
     ip_lease.release(); user_lease.release()
 
-The caps (``appliance/config.py``, ``docs/configuration.md``):
+The caps (``appliance/config/limits.py``, ``docs/configuration.md``):
 
 - ``limits.access_connections_per_ip`` (default 50): connections from one client
   address (an IPv6 /64, the relay limiter's ``ip_key``) that have not logged in,

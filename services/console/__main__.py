@@ -64,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         print(f"console: well-known names on https://{wk.host}:{wk.port}/", flush=True)
+    plain = cfg.listeners.wellknown_http
+    if plain.enabled:
+        from services.console.wellknown_http import wellknown_http_factory
+
+        try:
+            reactor.listenTCP(plain.port, wellknown_http_factory(console), interface=plain.host)  # type: ignore[attr-defined]
+        except CannotListenError as exc:
+            print(f"console: cannot listen on listeners.wellknown_http {plain.host}:{plain.port}: {exc.socketError}",
+                  file=sys.stderr)
+            return 1
+        print(f"console: well-known names on http://{plain.host}:{plain.port}/ (autoconfig, redirects, ACME)",
+              flush=True)
 
     wanted = {name for name in SOURCES if getattr(cfg.listeners, name).enabled}
     seen: set[str] = set()

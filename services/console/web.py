@@ -38,6 +38,8 @@ class Req:
     body: bytes = b""
     host: str = ""  # the Host header without its port, lower-cased (the well-known listener routes by it;
     # an IDN arrives as its A-label)
+    uri: str = ""  # the request target as sent (path and query), bytes outside printable ASCII %-escaped:
+    # the plain-HTTP listener redirects to the same URL on https://
 
 
 @dataclass
@@ -130,7 +132,8 @@ class Dispatcher(Resource):
                   path=request.path.decode("utf-8", "replace"),
                   query=query, form=form, cookies=_cookies(request.getHeader(b"cookie")),
                   client_ip=str(getattr(addr, "host", "")), body=body,
-                  host=request.getRequestHostname().decode("ascii", "replace").lower().rstrip("."))
+                  host=request.getRequestHostname().decode("ascii", "replace").lower().rstrip("."),
+                  uri="".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in request.uri))
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))  # the client went away
         d = threads.deferToThread(self._route, req)

@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import http, server
 
-from appliance.config import Config, WellKnownListener
+from appliance.config import Config, PublicWebListener
 from appliance.publish.records import WEB_NAMES
 from services.console import public
 from services.console.web import Req, Resp, site, text
@@ -45,7 +45,7 @@ def names(cfg: Config) -> list[str]:
     return [*out, cfg.box.hostname] if cfg.box.hostname not in out else out
 
 
-def _thunderbird(c: Console, req: Req) -> Resp:
+def thunderbird_for_host(c: Console, req: Req) -> Resp:
     # Without ?emailaddress= Thunderbird's file is for the domain it asked (autoconfig.DOMAIN).
     if "emailaddress" not in req.query and req.host.startswith("autoconfig."):
         req.query["emailaddress"] = req.host.removeprefix("autoconfig.")
@@ -58,7 +58,7 @@ def routes(cfg: Config) -> dict[str, dict[str, tuple[str, Handler]]]:
     autodiscover = {AUTODISCOVER_PATH: ("POST", public.autodiscover)}
     for d in cfg.box.domains:
         table[f"mta-sts.{d}"] = {"/.well-known/mta-sts.txt": ("GET", public.mta_sts)}
-        table[f"autoconfig.{d}"] = {p: ("GET", _thunderbird) for p in THUNDERBIRD_PATHS}
+        table[f"autoconfig.{d}"] = {p: ("GET", thunderbird_for_host) for p in THUNDERBIRD_PATHS}
         table[f"autodiscover.{d}"] = dict(autodiscover)
     table.setdefault(cfg.box.hostname, {}).update(autodiscover)
     return table
@@ -133,7 +133,7 @@ class CappedFactory(WrappingFactory):
     protocol = _Capped  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, wrapped: server.Site, limits: WellKnownListener) -> None:
+    def __init__(self, wrapped: server.Site, limits: PublicWebListener) -> None:
         super().__init__(wrapped)
         self.limits = limits
         self.open = 0
@@ -144,7 +144,12 @@ class _Channel(http.HTTPChannel):
     totalHeadersSize = MAX_HEADERS  # over it: 400 and the connection closed (twisted.web)
 
 
-def wellknown_factory(console: Console) -> CappedFactory:
-    s = site(Router(console))
+def capped_factory(route: Callable[[Req], Resp], limits: PublicWebListener) -> CappedFactory:
+    """A public web listener: ROUTE behind the connection caps of LIMITS and the header cap."""
+    s = site(route)
     s.protocol = _Channel  # type: ignore[assignment]
-    return CappedFactory(s, console.cfg.listeners.wellknown)
+    return CappedFactory(s, limits)
+
+
+def wellknown_factory(console: Console) -> CappedFactory:
+    return capped_factory(Router(console), console.cfg.listeners.wellknown)

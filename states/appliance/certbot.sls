@@ -1,5 +1,6 @@
 # ACME certificates with certbot (tls:mode certbot): HTTP-01, standalone (certbot
-# listens on tls:certbot:http01_port, opened in the firewall) or webroot. The
+# listens on tls:certbot:http01_port, opened in the firewall) or webroot (served by
+# listeners.wellknown_http from tls:certbot:webroot; standalone on its port is refused). The
 # deploy hook copies the certificate where the service user can read it and
 # restarts the services; it runs on the first issuance and on every renewal.
 # If ACME fails this state fails and the box keeps serving the self-signed
@@ -60,6 +61,16 @@ appliance-certbot-timer-dropin:
 {%- if appliance.tls.mode == 'certbot' %}
 {{ unit_enabled('appliance-certbot-timer', 'certbot.timer', appliance.booted, require=['file: appliance-certbot-renew-dropin', 'file: appliance-certbot-timer-dropin']) }}
 
+{%- if cb.method == 'webroot' %}
+# certbot writes the HTTP-01 answers here; listeners.wellknown_http (when on) serves them, so the
+# service user must be able to read them (certbot's own files are 0644).
+appliance-certbot-webroot:
+  file.directory:
+    - name: {{ cb.webroot }}/.well-known/acme-challenge
+    - makedirs: True
+    - mode: '0755'
+{%- endif %}
+
 appliance-certbot-obtain:
   cmd.run:
     - name: >-
@@ -81,6 +92,9 @@ appliance-certbot-obtain:
       - file: appliance-certbot-hook-env
       - file: appliance-tls-dir
       - pkg: appliance-packages
+      {%- if cb.method == 'webroot' %}
+      - file: appliance-certbot-webroot
+      {%- endif %}
 
 # A lineage that exists without its copy (e.g. the hook failed once): deploy it now.
 appliance-certbot-deploy:

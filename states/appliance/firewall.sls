@@ -1,8 +1,8 @@
 # nftables: port 25 only from consortium members (the named sets consortium_v4 /
 # consortium_v6, filled from the verified registry by appliance-firewall-sync),
 # customer ports (587 465 993 995 143 110) open, SSH, ACME HTTP-01 when certbot
-# runs standalone, the well-known names' HTTPS port (listeners.wellknown) while it
-# is on, everything else dropped.
+# runs standalone, the well-known names' HTTPS port (listeners.wellknown) and
+# plain-HTTP port (listeners.wellknown_http) while each is on, everything else dropped.
 {%- from "appliance/map.jinja" import appliance with context %}
 {%- from "appliance/macros.jinja" import unit_enabled %}
 {%- set fw = appliance.firewall %}
@@ -14,6 +14,9 @@
 {%- endif %}
 {%- if appliance.wellknown_port %}
 {%-   do open_tcp.append(appliance.wellknown_port) %}{# listeners.wellknown, only while it is on #}
+{%- endif %}
+{%- if appliance.wellknown_http_port %}
+{%-   do open_tcp.append(appliance.wellknown_http_port) %}{# listeners.wellknown_http (port 80), only while it is on #}
 {%- endif %}
 {%- set registry_json = (appliance.config.registry.dir if appliance.config.get('registry', {}).get('dir') else appliance.config.paths.state_dir ~ '/registry') ~ '/registry.json' %}
 

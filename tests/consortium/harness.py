@@ -116,7 +116,9 @@ class Appliance:
         for spec in SERVICES:
             if spec.built:
                 for ep in spec.endpoints:
-                    if ep not in ("metrics", "access_metrics"):  # both on loopback only
+                    # metrics: both on loopback only; an endpoint without a port here (wellknown_http) is off
+                    # on a dev box.
+                    if ep in self.ports and ep not in ("metrics", "access_metrics"):
                         self.wait_listening(self.ports[ep])
 
     def listening(self, port: int) -> bool:
