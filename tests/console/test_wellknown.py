@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import subprocess
 import sys
 import tomllib
@@ -25,6 +26,7 @@ from appliance.tlspolicy import mtasts as relay_mtasts
 from services.console.wellknown import names
 from tests.console.conftest import require_curl
 from tests.helpers.box import make_box, run_cli, wait_port
+from tests.helpers.wait import refused_while_held
 
 REPO = Path(__file__).resolve().parents[2]
 SECOND = "second.test"
@@ -181,14 +183,14 @@ def _wait_closed(sock: socket.socket) -> bool:
 
 
 def test_the_per_client_cap(wk: WellKnown) -> None:
-    held = [socket.create_connection(("127.0.0.1", wk.port), timeout=30) for _ in range(PER_CLIENT)]
-    try:
-        # Each slot taken (the server accepted them: they stay open until their lifetime ends) ...
-        status, _, _ = wk.curl(f"mta-sts.{SECOND}", "/.well-known/mta-sts.txt")
-        assert status == 0  # ... so the next connection is dropped before any TLS
-    finally:
-        for s in held:
-            s.close()
+    def hold() -> list[socket.socket]:
+        # Each slot taken: a TLS handshake on each proves the server accepted (counted) it.
+        ctx = ssl.create_default_context(cafile=wk.cert)
+        return [ctx.wrap_socket(socket.create_connection(("127.0.0.1", wk.port), timeout=30),
+                                server_hostname=f"mta-sts.{SECOND}") for _ in range(PER_CLIENT)]
+
+    # ... so the next connection is dropped before any TLS (curl's status 0: no answer).
+    assert refused_while_held(hold, lambda: wk.curl(f"mta-sts.{SECOND}", "/.well-known/mta-sts.txt")[0] == 0)
     # The slots come back once those connections are gone (a few tries: the close takes a moment).
     for _ in range(50):
         if wk.curl(f"mta-sts.{SECOND}", "/.well-known/mta-sts.txt")[0] == 200:

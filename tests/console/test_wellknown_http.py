@@ -26,6 +26,7 @@ from services.console.wellknown import names
 from tests.conftest import require
 from tests.console.conftest import require_curl
 from tests.helpers.box import make_box, run_cli, wait_port
+from tests.helpers.wait import refused_while_held
 from tests.states.pebble import running_pebble
 
 REPO = Path(__file__).resolve().parents[2]
@@ -202,14 +203,14 @@ def _wait_closed(sock: socket.socket) -> bool:
 
 
 def test_the_per_client_cap_and_the_lifetime(plain: Plain) -> None:
-    held = [socket.create_connection(("127.0.0.1", plain.port), timeout=30) for _ in range(PER_CLIENT)]
-    try:
-        assert plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 0  # dropped: slots taken
-        # A connection that sends nothing is closed when its lifetime is over.
-        assert _wait_closed(held[0])
-    finally:
-        for s in held:
-            s.close()
+    def hold() -> list[socket.socket]:
+        return [socket.create_connection(("127.0.0.1", plain.port), timeout=30) for _ in range(PER_CLIENT)]
+
+    # Dropped while the slots are taken (curl's status 0: no answer).
+    assert refused_while_held(hold, lambda: plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 0)
+    # A connection that sends nothing is closed when its lifetime is over.
+    with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as silent:
+        assert _wait_closed(silent)
     for _ in range(50):
         if plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 200:
             break

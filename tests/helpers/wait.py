@@ -45,3 +45,24 @@ def wait_logged(log_file: Path, *needles: str, timeout: float = 30.0) -> str:
         return wait_for(f"{', '.join(map(repr, needles))} in {log_file}", has_all, timeout)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the log ends with:\n{text()[-2000:]}") from None
+
+
+def refused_while_held(hold: Callable[[], list[Any]], probe: Callable[[], bool], tries: int = 5) -> bool:
+    """True if PROBE (True: refused) sees the cap while the connections HOLD opens are open, in one of TRIES.
+
+    Why tries: a server counts a connection when its reactor accepts it, a moment after the kernel has
+    completed the TCP handshake that ``create_connection`` waits for (a loaded machine stretches that
+    moment), and a lifetime cap may already have ended a held connection when the probe runs. Each
+    attempt gives the reactor longer before probing. A server without the cap serves every attempt, so
+    this still fails when the cap is missing.
+    """
+    for attempt in range(tries):
+        held = hold()
+        try:
+            time.sleep(0.1 * attempt)
+            if probe():
+                return True
+        finally:
+            for conn in held:
+                conn.close()
+    return False
