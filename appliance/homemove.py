@@ -15,8 +15,10 @@ index again, the files added or renamed since, the ones gone removed), so flags 
 during the first copy are carried over; a check that the hold is still there (a restarted access
 service forgot it: the move stops, `home` unchanged); the flip of `home` (every box then routes
 mail and logins there); a copy of what the relay delivered meanwhile (into the target's new/, where
-the access service finds it and gives it the next UIDs); the release. The old Maildir is kept: the
-operator deletes it once satisfied.
+the access service finds it and gives it the next UIDs); the release; after a short wait, that copy
+once more (deliveries that looked up `home` just before the flip). The old Maildir is kept: the
+operator deletes it once satisfied. The target is a directory this box sees (`LocalMaildir`) or a
+box reached over SSH with rsync (`RemoteMaildir`, appliance/homemove_ssh.py): the same steps.
 """
 
 from __future__ import annotations

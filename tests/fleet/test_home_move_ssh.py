@@ -176,3 +176,24 @@ def test_the_rrsync_key_writes_nothing_outside_the_mail_dir(
     assert r.returncode == 0, r.stderr
     assert (mail_b / "inside").read_text() == "not mail\n"
     (mail_b / "inside").unlink()
+
+
+@pytest.mark.parametrize(("options", "refusal"), [
+    (["--ssh", "bad_host:22"], "--ssh: 'bad_host:22': 'bad_host' is not a host name"),
+    (["--ssh", "x@-oProxyCommand=sh"], "is not a host name"),
+    (["--ssh=-l@127.0.0.1"], "'-l' is not a user name"),
+    (["--ssh", "127.0.0.1:99999"], "--ssh"),
+    (["--ssh", "127.0.0.1", "--known-hosts", "/nonexistent"], "--known-hosts /nonexistent: no such file"),
+    (["--target-mail-dir", "/tmp", "--known-hosts", "/etc/hostname"], "--known-hosts and --ssh-key go with --ssh"),
+    (["--ssh", "127.0.0.1", "--late-wait", "61"], "--late-wait 61: must be between 0 and 60"),
+])
+def test_bad_move_options_are_refused_naming_the_option(
+        fleet: tuple[TwoBoxes, SshdServer], options: list[str], refusal: str) -> None:
+    boxes, _ = fleet
+    a = boxes.a
+    qin = f"qin@{a.domain}"
+    if a.cli("user", "show", qin, check=False).returncode != 0:
+        add_user(a, "qin", "a")
+    r = a.cli("user", "move", qin, "b", *options, check=False)
+    assert r.returncode != 0 and refusal in r.stderr, r.stderr
+    assert home_of(a, qin) == "a"
