@@ -70,12 +70,19 @@ class SshdServer:
         ]))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, tmpfs: tuple[Path, str] | None = None) -> None:
+        """TMPFS (DIR, SIZE): sshd runs in a mount namespace of its own where DIR is a tmpfs of SIZE
+        (a target disk that fills up), leaving the machine's mounts alone."""
         # Debian's sshd needs its privilege separation directory (systemd makes it on a real box).
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         subprocess.run([str(SSHD), "-t", "-f", str(self.config)], check=True)
+        cmd = [str(SSHD), "-D", "-e", "-f", str(self.config)]
+        if tmpfs is not None:
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"', "sh", tmpfs[1], str(tmpfs[0]),
+                   *cmd]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)], stdout=log, stderr=log)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
         wait_for("sshd listening", self._listening, timeout=30)
 
     def _listening(self) -> bool:

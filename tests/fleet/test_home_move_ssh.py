@@ -197,3 +197,31 @@ def test_bad_move_options_are_refused_naming_the_option(
     r = a.cli("user", "move", qin, "b", *options, check=False)
     assert r.returncode != 0 and refusal in r.stderr, r.stderr
     assert home_of(a, qin) == "a"
+
+
+def test_no_server_or_a_full_target_disk_stops_the_move_with_the_error(
+        fleet: tuple[TwoBoxes, SshdServer], tmp_path: Path) -> None:
+    boxes, sshd = fleet
+    a = boxes.a
+    ray = with_mail(fleet, "ray", 1)
+    # Nothing listens there: ssh's own words, home unchanged.
+    nobody = SshdServer(tmp_path / "nobody", tmp_path)  # keys and a port, never started
+    r = a.cli("user", "move", ray, "b", "--ssh", nobody.target(), "--known-hosts", str(nobody.known_hosts),
+              check=False)
+    assert r.returncode != 0 and "Connection refused" in r.stderr and "home unchanged (a)" in r.stderr, r.stderr
+    assert home_of(a, ray) == "a"
+    # A target whose disk is full (a 64 KiB tmpfs): rsync's error, home unchanged, mail still served on a.
+    big = a.maildir(ray) / "new" / f"{int(time.time())}.M2P{os.getpid()}.big"
+    big.write_bytes(b"Subject: ray big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 200)
+    full_dir = tmp_path / "full"
+    full_dir.mkdir()
+    full = SshdServer(tmp_path / "sshd-full", full_dir)
+    full.start(tmpfs=(full_dir, "64k"))
+    try:
+        r = a.cli("user", "move", ray, "b", "--ssh", full.target(), "--known-hosts", str(full.known_hosts),
+                  "--ssh-key", str(full.client_key), check=False)
+    finally:
+        full.stop()
+    assert r.returncode != 0 and "No space left on device" in r.stderr and "home unchanged (a)" in r.stderr, r.stderr
+    assert home_of(a, ray) == "a"
+    assert sorted(s for _, _, s in view(a, ray)[1]) == ["ray 1", "ray big"]
