@@ -7,8 +7,9 @@ target's mail directory, and the key can read and write that directory and nothi
 
 What goes how:
 - the message files: ``rsync -rlptH`` (names kept: the UIDs are in them; mtimes kept: they are the
-  INTERNALDATE), ``--delete`` so the final pass mirrors expunges and flag renames; never the
-  owner (the receiving user, the target's service user, owns what it receives);
+  INTERNALDATE), ``--delete --delete-excluded`` so the final pass mirrors expunges, flag renames
+  and deleted folders; never the owner (the receiving user, the target's service user, owns what
+  it receives);
 - the indexes (SQLite): never rsynced live (a copy of a database being written can be torn); each
   is snapshotted with SQLite's backup API into a local temporary tree, which is then sent;
 - the late arrivals (mail the relay delivered here after the final pass): staged under their
@@ -109,7 +110,9 @@ class RemoteMaildir:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=RSYNC_TIMEOUT, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise MoveError(f"{what} to {self.describe()}: {exc}") from None
-        if r.returncode != 0:
+        # 24: files vanished while rsync listed them (a flag change renames a message file while
+        # the first copy runs); the final copy under the hold sees the new names.
+        if r.returncode not in (0, 24):
             raise MoveError(f"{what} to {self.describe()} failed (rsync exit {r.returncode}): {_tail(r.stderr)}")
         return r
 
@@ -138,7 +141,9 @@ class RemoteMaildir:
             raise MoveError(f"{src}: no Maildir there (is this the account's home box?)")
         out = Copied()
         before = message_files(src)  # every file here now is in this pass (only the relay adds, under the hold)
-        r = self._rsync("-rlptH", "--delete", "--mkpath", "--exclude=tmp/*", *_EXCLUDE_INDEX,
+        # --delete-excluded: the target's index snapshots go too (sent again just below), or a folder
+        # deleted here during the first copy would stay there, kept alive by its index file.
+        r = self._rsync("-rlptH", "--delete", "--delete-excluded", "--mkpath", "--exclude=tmp/*", *_EXCLUDE_INDEX,
                         "--out-format=%n\t%l", f"{src}/", self.target.remote(self.rel + "/"),
                         what="copying the message files")
         out.seen = set(before)
