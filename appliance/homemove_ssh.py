@@ -7,7 +7,7 @@ target's mail directory, and the key can read and write that directory and nothi
 
 What goes how:
 - the message files: ``rsync -rlptH`` (names kept: the UIDs are in them; mtimes kept: they are the
-  INTERNALDATE), ``--delete --delete-excluded`` so the final pass mirrors expunges, flag renames
+  INTERNALDATE), ``--delete`` so the final pass mirrors expunges, flag renames
   and deleted folders; never the owner (the receiving user, the target's service user, owns what
   it receives);
 - the indexes (SQLite): never rsynced live (a copy of a database being written can be torn); each
@@ -141,9 +141,10 @@ class RemoteMaildir:
             raise MoveError(f"{src}: no Maildir there (is this the account's home box?)")
         out = Copied()
         before = message_files(src)  # every file here now is in this pass (only the relay adds, under the hold)
-        # --delete-excluded: the target's index snapshots go too (sent again just below), or a folder
-        # deleted here during the first copy would stay there, kept alive by its index file.
-        r = self._rsync("-rlptH", "--delete", "--delete-excluded", "--mkpath", "--exclude=tmp/*", *_EXCLUDE_INDEX,
+        # --delete leaves the excluded index alone on the target: the snapshot below replaces it by
+        # rsync's delta, and the target never lacks one. (The index is one file at the Maildir's
+        # root, so a folder deleted here has nothing excluded in it and is deleted there.)
+        r = self._rsync("-rlptH", "--delete", "--mkpath", "--exclude=tmp/*", *_EXCLUDE_INDEX,
                         "--out-format=%n\t%l", f"{src}/", self.target.remote(self.rel + "/"),
                         what="copying the message files")
         out.seen = set(before)

@@ -16,6 +16,7 @@ directory is; it reaches it only through that key.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 
 from tests.fleet.sshd_server import SshdServer, keygen
 from tests.fleet.test_home_boxes import add_user, fleet_config, imap_login, in_maildir, mailbox_view, send
-from tests.fleet.test_home_move_sessions import home_of
+from tests.fleet.test_home_move_sessions import _stalled_retr, home_of, refused
 from tests.fleet.two_boxes import TwoBoxes, two_boxes
 from tests.helpers.box import APPLIANCE, Box
 from tests.helpers.wait import wait_for
@@ -225,3 +226,43 @@ def test_no_server_or_a_full_target_disk_stops_the_move_with_the_error(
     assert r.returncode != 0 and "No space left on device" in r.stderr and "home unchanged (a)" in r.stderr, r.stderr
     assert home_of(a, ray) == "a"
     assert sorted(s for _, _, s in view(a, ray)[1]) == ["ray 1", "ray big"]
+
+
+def test_what_changes_between_the_first_copy_and_the_hold_is_mirrored(fleet: tuple[TwoBoxes, SshdServer]) -> None:
+    """A POP3 RETR the client does not read keeps the move waiting at its hold, after its first copy:
+    meanwhile a folder is deleted and a message arrives; the final copy under the hold mirrors both."""
+    boxes, sshd = fleet
+    a, b = boxes.a, boxes.b
+    sam = with_mail(fleet, "sam", 1)
+    m = imap_login(a, sam)
+    try:
+        assert m.create("Old")[0] == "OK"
+        assert m.append("Old", "", None, b"Subject: in old\r\n\r\nold\r\n")[0] == "OK"
+    finally:
+        m.logout()
+    assert a.maildir(sam, "Old").is_dir()
+    pop = _stalled_retr(a, sam)
+    cmd = [*APPLIANCE, "-c", str(a.config_file), *move(a, sshd, sam, "--late-wait", "0", "--hold-wait", "120")]
+    mv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("sam held by the move (its first copy done)", lambda: refused(a, sam), timeout=120)
+        assert b.maildir(sam, "Old").is_dir()  # the first copy took the folder
+        shutil.rmtree(a.maildir(sam, "Old"))  # as an IMAP DELETE would, before the hold
+        _deliver_like_the_relay(a, sam, "sam during")
+        pop.close()  # the stalled command ends: the hold is taken, the final copy runs
+        out, err = mv.communicate(timeout=120)
+    finally:
+        if mv.poll() is None:
+            mv.kill()
+            mv.wait()
+        pop.close()
+    assert mv.returncode == 0, err
+    assert not b.maildir(sam, "Old").exists()
+    m = imap_login(b, sam)
+    try:
+        names = [line.decode() for line in m.list()[1] if line]
+        assert not any('"Old"' in n or n.endswith(" Old") for n in names), names
+        subjects = sorted(s for _, _, s in mailbox_view(m)[1])
+    finally:
+        m.logout()
+    assert "sam 1" in subjects and "sam during" in subjects and "big" in subjects
