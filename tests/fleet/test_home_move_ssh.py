@@ -3,7 +3,8 @@ box over SSH with rsync, the key restricted by rrsync to box b's mail directory.
 
 A private sshd (tests/fleet/sshd_server.py) on 127.0.0.1 stands for box b's: its authorized_keys
 line is `command="rrsync B_MAIL_DIR",restrict`. The move on box a is never told where b's mail
-directory is; it reaches it only through that key.
+directory is; it reaches it only through that key (the first move runs where that directory is
+hidden under an empty tmpfs).
 
 - a move keeps UIDVALIDITY, UIDs, flags and expunges (seen by IMAP directly on b and proxied
   through a), flips `home`, and later mail goes to b;
@@ -86,7 +87,13 @@ def test_a_move_over_ssh_keeps_uids_flags_and_expunges(fleet: tuple[TwoBoxes, Ss
         m.logout()
     assert len(before[1]) == 3
 
-    r = a.cli(*move(a, sshd, nia, "--late-wait", "0"), check=False)
+    # The move runs in a mount namespace of its own where b's mail directory is an empty tmpfs:
+    # it can reach b's Maildir only through the rrsync key.
+    mail_b = b.cfg.paths.mail_dir
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs -o size=1m tmpfs "$1" && shift && exec "$@"', "sh", mail_b]
+    r = subprocess.run([*hide, *APPLIANCE, "-c", str(a.config_file), *move(a, sshd, nia, "--late-wait", "0")],
+                       capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert "UIDs kept" in r.stdout and "127.0.0.1:example.test/nia (port" in r.stdout
     assert home_of(a, nia) == "b" and home_of(b, nia) == "b"
