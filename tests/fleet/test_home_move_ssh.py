@@ -114,17 +114,22 @@ def _deliver_like_the_relay(box: Box, user: str, subject: str) -> None:
     (root / "tmp" / name).rename(root / "new" / name)
 
 
-def test_mail_landing_on_the_old_box_after_the_flip_is_caught_up(fleet: tuple[TwoBoxes, SshdServer]) -> None:
+@pytest.mark.parametrize("local", ["oli", "uma"])
+def test_mail_landing_on_the_old_box_after_the_flip_is_caught_up(
+        fleet: tuple[TwoBoxes, SshdServer], local: str) -> None:
+    """Over ssh (oli) and with the local copy (uma): the second catch-up is the same code path."""
     (boxes, sshd) = fleet
     a, b = boxes.a, boxes.b
-    oli = with_mail(fleet, "oli", 2)
-    before = view(a, oli)
-    cmd = [*APPLIANCE, "-c", str(a.config_file), *move(a, sshd, oli, "--late-wait", "20")]
+    user = with_mail(fleet, local, 2)
+    before = view(a, user)
+    how = (move(a, sshd, user) if local == "oli"
+           else ["user", "move", user, "b", "--target-mail-dir", b.cfg.paths.mail_dir])
+    cmd = [*APPLIANCE, "-c", str(a.config_file), *how, "--late-wait", "20"]
     mv = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for("home flipped to b", lambda: mv.poll() is None and home_of(a, oli) == "b", timeout=120)
+        wait_for("home flipped to b", lambda: mv.poll() is None and home_of(a, user) == "b", timeout=120)
         # A delivery that looked up `home` before the flip writes into the old Maildir now.
-        _deliver_like_the_relay(a, oli, "oli late")
+        _deliver_like_the_relay(a, user, f"{local} late")
         out, err = mv.communicate(timeout=120)
     finally:
         if mv.poll() is None:
@@ -132,9 +137,9 @@ def test_mail_landing_on_the_old_box_after_the_flip_is_caught_up(fleet: tuple[Tw
             mv.wait()
     assert mv.returncode == 0, err
     assert "1 late arrival(s)" in out
-    after = view(b, oli)
+    after = view(b, user)
     assert after[0] == before[0] and after[1][:2] == before[1]
-    assert [s for _, _, s in after[1]] == ["oli 1", "oli 2", "oli late"]
+    assert [s for _, _, s in after[1]] == [f"{local} 1", f"{local} 2", f"{local} late"]
 
 
 def test_a_wrong_host_key_or_a_full_target_is_refused_with_home_unchanged(
