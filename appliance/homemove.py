@@ -15,8 +15,10 @@ index again, the files added or renamed since, the ones gone removed), so flags 
 during the first copy are carried over; a check that the hold is still there (a restarted access
 service forgot it: the move stops, `home` unchanged); the flip of `home` (every box then routes
 mail and logins there); a copy of what the relay delivered meanwhile (into the target's new/, where
-the access service finds it and gives it the next UIDs); the release. The old Maildir is kept: the
-operator deletes it once satisfied.
+the access service finds it and gives it the next UIDs); the release; after a short wait, that copy
+once more (deliveries that looked up `home` just before the flip). The old Maildir is kept: the
+operator deletes it once satisfied. The target is a directory this box sees (`LocalMaildir`) or a
+box reached over SSH with rsync (`RemoteMaildir`, appliance/homemove_ssh.py): the same steps.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import shutil
 import socket
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.mailstore.uidmap import UID_MAP
@@ -43,6 +45,11 @@ class Copied:
     files: int = 0
     bytes: int = 0
     indexes: int = 0
+    # The message files (paths relative to the Maildir, in a new/ or cur/) the copy holds: the late
+    # catch-ups send only files not in it. Judged on the source, because after the flip the target's
+    # access service renames what it finds (the UIDs go into the names), so a stem missing there
+    # does not mean a message missing there.
+    seen: set[str] = field(default_factory=set)
 
 
 def _stem(name: str) -> str:
@@ -104,12 +111,14 @@ def sync_maildir(src: Path, dst: Path) -> Copied:
                     out.indexes += 1
                 continue
             if d.exists() and name != UID_MAP:
+                _seen(out, rel, name)
                 continue  # a message file is never rewritten in place: same name, same content
             try:
                 shutil.copy2(s, d)
             except FileNotFoundError:
                 continue  # the relay moved it (new/ to cur/ is the access service's, held): catch_up sees it
             _same_owner(s, d)
+            _seen(out, rel, name)
             out.files += 1
             out.bytes += d.stat().st_size
         if rel.name in ("new", "cur", "tmp"):
@@ -119,29 +128,48 @@ def sync_maildir(src: Path, dst: Path) -> Copied:
     return out
 
 
-def catch_up(src: Path, dst: Path) -> int:
-    """Copy into DST's new/ every message file of SRC whose stem DST lacks (mail the old box took
-    during the copy); the number copied."""
-    copied = 0
+def _seen(out: Copied, rel: Path, name: str) -> None:
+    if rel.name in ("new", "cur"):
+        out.seen.add(str(rel / name))
+
+
+def message_files(src: Path) -> set[str]:
+    """Every message file of SRC's new/ and cur/ folders, as paths relative to SRC."""
+    found = set()
     for root, _dirs, files in os.walk(src):
         rel = Path(root).relative_to(src)
-        if rel.name not in ("new", "cur"):
+        if rel.name in ("new", "cur"):
+            found.update(str(rel / n) for n in files if not n.endswith(INDEX_SUFFIXES))
+    return found
+
+
+def late_arrivals(src: Path, seen: set[str]) -> list[str]:
+    """The message files of SRC not in SEEN (mail the relay delivered here after the copy's walk)."""
+    return sorted(message_files(src) - seen)
+
+
+def late_target(rel: str) -> Path:
+    """Where a late arrival goes on the target: its folder's new/, under its stem (the flags a name
+    may carry are the old box's business; the target gives it the next UID)."""
+    p = Path(rel)
+    return p.parent.parent / "new" / _stem(p.name)
+
+
+def catch_up(src: Path, dst: Path, seen: set[str]) -> int:
+    """Copy into DST every message file of SRC not in SEEN (each into its folder's new/), adding
+    it to SEEN; the number copied. Run once under the hold right after the flip, and once more
+    after a short wait for deliveries that looked up `home` before the flip."""
+    copied = 0
+    for rel in late_arrivals(src, seen):
+        target = dst / late_target(rel)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            if not target.exists():
+                shutil.copy2(src / rel, target)
+                copied += 1
+        except FileNotFoundError:
             continue
-        have = set()
-        for sub in ("new", "cur"):
-            folder = dst / rel.parent / sub
-            if folder.is_dir():
-                have.update(_stem(n) for n in os.listdir(folder))
-        for name in files:
-            if _stem(name) in have:
-                continue
-            target = dst / rel.parent / "new"
-            target.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                shutil.copy2(Path(root) / name, target / _stem(name))
-            except FileNotFoundError:
-                continue
-            copied += 1
+        seen.add(rel)
     return copied
 
 
@@ -186,3 +214,22 @@ class Hold:
         with contextlib.suppress(OSError):
             self.file.close()
         self.sock.close()
+
+
+class LocalMaildir:
+    """The target's Maildir as this box sees it (`--target-mail-dir`: the same machine, or a mount)."""
+
+    def __init__(self, dst: Path) -> None:
+        self.dst = dst
+
+    def describe(self) -> str:
+        return str(self.dst)
+
+    def first_copy(self, src: Path) -> Copied:
+        return copy_maildir(src, self.dst)
+
+    def sync(self, src: Path) -> Copied:
+        return sync_maildir(src, self.dst)
+
+    def catch_up(self, src: Path, seen: set[str]) -> int:
+        return catch_up(src, self.dst, seen)

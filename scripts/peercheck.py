@@ -135,6 +135,10 @@ PEERS: list[Peer] = [
     P("ssh", "openssh-client", "ssh -V", r"OpenSSH_9", "ssh", rc=None),
     P("ssh-keygen", "openssh-client", "ssh-keygen -l -f /dev/null", r"not a public key file", "ssh-keygen -l",
       rc=None),
+    # `appliance user move --ssh` (tests/fleet/test_home_move_ssh.py): a private sshd on loopback whose
+    # key is restricted by rrsync (shipped with rsync since 3.2.4) to the target box's mail directory.
+    P("sshd", "openssh-server", "/usr/sbin/sshd -V", r"OpenSSH_9", "sshd (a private one per test)", rc=None),
+    P("rrsync", "rsync", "rrsync -help", r"restricted directory", "rrsync (authorized_keys command=)"),
     # Vagrant (the README's demo; the tests run `vagrant validate` with the libvirt provider)
     P("vagrant", "vagrant", "vagrant --version", r"Vagrant 2\.", "vagrant"),
     P("vagrant", "vagrant-libvirt", "vagrant plugin list", r"vagrant-libvirt", "libvirt provider"),

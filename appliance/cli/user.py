@@ -64,8 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     mv = s.add_parser("move", help="copy an account's Maildir to another fleet box (UIDs kept), then make it home")
     mv.add_argument("address")
     mv.add_argument("box", help="the target box's name (fleet.boxes)")
-    mv.add_argument("--target-mail-dir", required=True, metavar="DIR",
-                    help="the target box's paths.mail_dir as mounted here (see docs/fleet.md for rsync)")
+    where = mv.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target-mail-dir", metavar="DIR",
+                       help="the target box's paths.mail_dir as this box sees it (same machine or a mount)")
+    where.add_argument("--ssh", metavar="[USER@]HOST[:PORT]",
+                       help="send the Maildir to the target over SSH with rsync (its key restricted by rrsync "
+                            "to the target's mail dir; docs/fleet.md)")
+    mv.add_argument("--known-hosts", metavar="FILE", help="with --ssh (required): the target's host key, checked")
+    mv.add_argument("--ssh-key", metavar="FILE", help="with --ssh: the private key (default: ssh's own)")
+    mv.add_argument("--late-wait", type=float, default=5.0, metavar="SECONDS",
+                    help="after the flip, wait this long (at most 60) and copy mail that still arrived here "
+                         "(deliveries that looked up the old home); 0: no second catch-up (default 5)")
     mv.add_argument("--hold-wait", type=float, default=60.0, metavar="SECONDS",
                     help="how long a running IMAP/POP3 command may take to finish before the move stops (default 60)")
     mv.set_defaults(func=cmd_move)
@@ -294,8 +303,11 @@ def cmd_home(args: argparse.Namespace) -> int:
 @_guard
 def cmd_move(args: argparse.Namespace) -> int:
     """Copy the Maildir (index by SQLite backup: UIDVALIDITY and UIDs kept), hold the account's
-    sessions, copy again, flip `home`, catch up, release (appliance/homemove.py)."""
-    from appliance.homemove import Hold, MoveError, catch_up, copy_maildir, sync_maildir
+    sessions, copy again, flip `home`, catch up, release, catch up once more (appliance/homemove.py)."""
+    import time
+
+    from appliance.homemove import Hold, LocalMaildir, MoveError
+    from appliance.homemove_ssh import RemoteMaildir, SshTarget
 
     store, cfg = _store(args)
     a = store.get(args.address)
@@ -305,34 +317,59 @@ def cmd_move(args: argparse.Namespace) -> int:
         raise CommandError(f"{args.box}: not another box of this fleet (fleet.boxes)")
     if cfg.fleet.home_of(a.home):
         raise CommandError(f"{a.address}: its home is {a.home}, not this box ({cfg.fleet.box}): run the move there")
+    if not 0 <= args.late_wait <= 60:
+        raise CommandError(f"--late-wait {args.late_wait:g}: must be between 0 and 60 seconds")
     src = maildir_path(cfg.paths.mail_dir, a.address)
-    dst = maildir_path(args.target_mail_dir, a.address)
-    if src.resolve() == dst.resolve():
-        raise CommandError(f"--target-mail-dir {args.target_mail_dir}: that is this box's own mail directory")
+    target: LocalMaildir | RemoteMaildir
+    if args.ssh:
+        try:
+            ssh = SshTarget.parse(args.ssh, args.known_hosts, args.ssh_key)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        # rrsync roots every path at the target's mail directory, laid out as this box's is.
+        target = RemoteMaildir(ssh, str(src.relative_to(cfg.paths.mail_dir)))
+    else:
+        if args.known_hosts or args.ssh_key:
+            raise CommandError("--known-hosts and --ssh-key go with --ssh")
+        dst = maildir_path(args.target_mail_dir, a.address)
+        if src.resolve() == dst.resolve():
+            raise CommandError(f"--target-mail-dir {args.target_mail_dir}: that is this box's own mail directory")
+        target = LocalMaildir(dst)
+    unchanged = f"home unchanged ({a.home or cfg.fleet.box})"
     try:
-        copied = copy_maildir(src, dst)
+        copied = target.first_copy(src)
     except (MoveError, OSError) as exc:
-        raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box})") from None
+        raise CommandError(f"move of {a.address}: {exc}: {unchanged}") from None
     hold = None
+    late = 0
     try:
         try:
             hold = Hold(cfg.paths.run_dir, a.address, args.hold_wait)
             ended = hold.ended
-            again = sync_maildir(src, dst)
+            again = target.sync(src)
             hold.check()  # a restarted access service no longer holds the account: do not flip
             store.set_home(a.address, args.box)
         except (MoveError, OSError) as exc:
-            raise CommandError(f"move of {a.address}: {exc}: home unchanged ({a.home or cfg.fleet.box}); "
-                               f"remove the copy {dst} before trying again") from None
+            raise CommandError(f"move of {a.address}: {exc}: {unchanged}; "
+                               f"remove the copy {target.describe()} before trying again") from None
         try:
-            late = catch_up(src, dst)  # still held: released once the late deliveries are copied
-        except OSError as exc:
+            late = target.catch_up(src, again.seen)  # still held: released once the late deliveries are copied
+        except (MoveError, OSError) as exc:
             raise CommandError(f"home of {a.address} is now {args.box}, but copying the mail delivered "
                                f"during the move failed ({exc}): copy it from {src}") from None
     finally:
         if hold is not None:
             hold.close()
-    print(f"moved {a.address} to {args.box}: {copied.files} file(s), {copied.bytes} bytes, "
+    if args.late_wait:
+        # A delivery that looked up `home` just before the flip may still be writing here; the
+        # access service no longer touches this Maildir (it proxies the account), so no hold is needed.
+        time.sleep(args.late_wait)
+        try:
+            late += target.catch_up(src, again.seen)
+        except (MoveError, OSError) as exc:
+            raise CommandError(f"home of {a.address} is now {args.box}, but copying the mail delivered "
+                               f"just before the flip failed ({exc}): copy it from {src}") from None
+    print(f"moved {a.address} to {args.box} ({target.describe()}): {copied.files} file(s), {copied.bytes} bytes, "
           f"{copied.indexes} index(es) copied (UIDs kept)" + (f", {late} late arrival(s)" if late else ""))
     print(f"{ended} open session(s) on this box ended; {again.files} file(s) changed during the copy "
           "copied again")

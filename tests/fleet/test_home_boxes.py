@@ -27,7 +27,6 @@ import sqlite3
 import tomllib
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -36,23 +35,21 @@ import tomli_w
 
 from appliance.config import ConfigError, load
 from appliance.tlsfiles import load_cert, spki_sha256
-from tests.access.conftest import running_box
-from tests.fleet.pg_server import PgServer, running_pg
-from tests.fleet.redis_server import RedisServer
-from tests.helpers.box import Box, make_box, run_cli
+from tests.fleet.two_boxes import TwoBoxes, two_boxes
+from tests.helpers.box import Box, make_box
 from tests.helpers.wait import wait_for
 
 PASSWORD = "correct horse battery"
 
 
-@dataclass
-class Fleet:
-    pg: PgServer
-    a: Box
-    b: Box
+Fleet = TwoBoxes
 
 
-def _fleet_config(box: Box, name: str, boxes: list[tuple[str, Box]], ca_file: Path) -> None:
+def fleet_config(name: str, box: Box, boxes: TwoBoxes) -> None:
+    """two_boxes' tune: `[fleet]` naming both boxes (each box's self-signed certificate is one of the
+    fleet's CAs here), limits that never get in the way."""
+    ca_file = box.dir.parent / "fleet-ca.pem"
+    ca_file.write_text(Path(boxes.a.cfg.tls.cert).read_text() + Path(boxes.b.cfg.tls.cert).read_text())
     data = tomllib.loads(box.config_file.read_text())
     data.setdefault("limits", {})["abuse_brake"] = {"enabled": False}
     default = {"messages_per_minute": 600, "burst": 200, "per_day": 0, "access_connections_per_user_ip": 3}
@@ -63,44 +60,16 @@ def _fleet_config(box: Box, name: str, boxes: list[tuple[str, Box]], ca_file: Pa
         "boxes": {n: {"relay": f"127.0.0.1:{b.port('mx')}", "access": f"127.0.0.1:{b.port('imaps')}",
                       "pop3": f"127.0.0.1:{b.port('pop3s')}",
                       "spki_sha256": [spki_sha256(load_cert(b.cfg.tls.cert))]}
-                  for n, b in boxes},
+                  for n, b in (("a", boxes.a), ("b", boxes.b))},
     }
     box.config_file.write_text(tomli_w.dumps(data))
 
 
-def _make_box(tmp: Path, name: str) -> Box:
-    """A development box named mx-NAME: the two self-signed certificates (the fleet's CAs here) must
-    differ in subject, or OpenSSL's lookup by subject finds the other one and verification fails."""
-    d = tmp / name
-    run_cli(None, "init", "--dev", str(d), "--domain", "example.test", "--base-port", "0",
-            "--host", "127.0.0.1", "--hostname", f"mx-{name}.example.test")
-    return Box(d, d / "appliance.toml", "example.test")
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    tmp = tmp_path_factory.mktemp("homes")
-    pg_gen = running_pg()
-    pg = next(pg_gen)
-    redis = RedisServer(tmp / "redis")
-    try:
-        redis.start()
-        db = pg.new_database()
-        a, b = _make_box(tmp, "a"), _make_box(tmp, "b")
-        # The fleet's CA file: here each box's self-signed certificate is its own CA.
-        ca = tmp / "fleet-ca.pem"
-        ca.write_text(Path(a.cfg.tls.cert).read_text() + Path(b.cfg.tls.cert).read_text())
-        for box in (a, b):
-            pg.use_in(box.config_file, db, redis.url)
-        _fleet_config(a, "a", [("a", a), ("b", b)], ca)
-        _fleet_config(b, "b", [("a", a), ("b", b)], ca)
-        a.cli("db", "migrate")
-        add_user(a, "sender", "a")
-        with running_box(a), running_box(b):
-            yield Fleet(pg, a, b)
-    finally:
-        redis.stop()
-        pg_gen.close()
+    with two_boxes(tmp_path_factory.mktemp("homes"), tune=fleet_config, distinct_names=True,
+                   before=lambda f: add_user(f.a, "sender", "a")) as f:
+        yield f
 
 
 def add_user(box: Box, local: str, home: str) -> str:

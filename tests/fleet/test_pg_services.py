@@ -23,15 +23,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import tomli_w
 
-from tests.access.conftest import running_box
-from tests.fleet.pg_server import PgServer, running_pg
-from tests.fleet.redis_server import RedisServer
-from tests.helpers.box import Box, make_box
+from tests.fleet.pg_server import PgServer
+from tests.fleet.two_boxes import TwoBoxes, two_boxes
+from tests.helpers.box import Box
 
 PASSWORD = "correct horse battery"
 
 
-def _tune(box: Box) -> None:
+def _tune(_name: str, box: Box, _boxes: TwoBoxes) -> None:
     data = tomllib.loads(box.config_file.read_text())
     # Refusals here come from the accounts, not the limits (those are tests/ratelimit and test_redis_*).
     data.setdefault("limits", {})["abuse_brake"] = {"enabled": False}
@@ -41,24 +40,9 @@ def _tune(box: Box) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PgServer, Box, Box]]:
-    tmp = tmp_path_factory.mktemp("fleet")
-    pg_gen = running_pg()
-    pg = next(pg_gen)
-    redis = RedisServer(tmp / "redis")
-    try:
-        redis.start()
-        db = pg.new_database()
-        a, b = make_box(tmp, name="a"), make_box(tmp, name="b")
-        for box in (a, b):
-            _tune(box)
-            pg.use_in(box.config_file, db, redis.url)
-        a.cli("db", "migrate")
-        a.add_user("alice", PASSWORD)
-        with running_box(a), running_box(b):
-            yield pg, a, b
-    finally:
-        redis.stop()
-        pg_gen.close()
+    with two_boxes(tmp_path_factory.mktemp("fleet"), tune=_tune,
+                   before=lambda f: f.a.add_user("alice", PASSWORD)) as f:
+        yield f.pg, f.a, f.b
 
 
 def imap_login(box: Box, user: str, password: str = PASSWORD) -> imaplib.IMAP4:
