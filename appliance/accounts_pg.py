@@ -33,7 +33,6 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from prometheus_client import Counter, Gauge
 
 from appliance.accounts import (
-    _DUMMY_HASH,
     _HASHER,
     Account,
     AccountError,
@@ -41,6 +40,7 @@ from appliance.accounts import (
     LimitOverride,
     _check_password,
     check_quota,
+    dummy_hash,
 )
 from appliance.addresses import AddressError, normalize_address
 
@@ -328,7 +328,7 @@ class PgAccountStore:
         except AddressError:
             addr = ""
         row = self._read(lambda c: c.execute("SELECT password FROM accounts WHERE address = %s", (addr,)).fetchone())
-        stored = row[0] if row else _DUMMY_HASH
+        stored = row[0] if row else dummy_hash()
         try:
             _HASHER.verify(stored, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
