@@ -5,7 +5,9 @@
   process has none of the TUF/crypto/pydantic libraries mapped, and it still
   refuses a bad config with exit status 2;
 - the watchdog's Prometheus textfile (written without prometheus_client) is
-  what prometheus_client's own parser reads back.
+  what prometheus_client's own parser reads back;
+- the console loads Jinja2 at its first page, not at start, and still refuses
+  to start when Jinja2 is not installed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -75,6 +78,28 @@ def test_registry_sync_keeps_nothing_of_tuf_between_polls_and_still_syncs(runnin
     assert not [lib for lib in HEAVY_OBJECTS if lib in maps], "the idle registry_sync process holds a round's libraries"
     # The watchdog is as light: no shared object of a third-party package at all.
     assert "site-packages" not in _mapped(int(info["watchdog"]["pid"]))
+
+
+def test_console_loads_jinja2_at_the_first_page_not_at_start(running_box: Box) -> None:
+    box = running_box
+    pid = int((supervision.process_info(box.cfg) or {})["console"]["pid"])
+    # markupsafe's C extension comes with Jinja2: mapped means Jinja2 was imported.
+    assert "markupsafe" not in _mapped(pid), "the idle console imported Jinja2 before any page was asked for"
+    url = f"https://{box.host('console')}:{box.port('console')}/login"
+    with urllib.request.urlopen(url, context=box.client_tls(), timeout=30) as resp:
+        page = resp.read().decode()
+        assert resp.status == 200
+    assert "<form" in page and 'name="password"' in page
+    assert "markupsafe" in _mapped(pid)
+
+
+def test_console_without_jinja2_refuses_to_start(box: Box) -> None:
+    # sys.modules[name] = None is how Python marks a package as not importable (find_spec says None).
+    code = ("import sys; sys.modules['jinja2'] = None; from services.console.__main__ import main; "
+            f"sys.exit(main(['-c', {str(box.config_file)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "console: cannot start: the jinja2 package is not installed" in proc.stderr
 
 
 def test_registry_sync_service_refuses_a_bad_config_with_status_2(box: Box, tmp_path: Path) -> None:

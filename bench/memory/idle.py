@@ -4,8 +4,8 @@
     make bench-memory
 
 Starts a development box in a temporary directory (`appliance init --dev`, one
-user, `appliance up`: supervisord, relay, access, registry_sync and the
-watchdog event listener), waits until it is idle (every listener answers, the
+user, `appliance up`: supervisord, relay, access, registry_sync, the console
+(a development box turns [listeners.console] on) and the watchdog event listener), waits until it is idle (every listener answers, the
 first registry round is done, and the box's processes together use under 2% of
 a core for 2 s, or --settle seconds have passed), then samples every process
 each half second for --window seconds. A development box polls its registry
@@ -36,7 +36,7 @@ from appliance import supervision
 from bench.imap.procstat import cpu_seconds, load_average, pss_bytes, rss_bytes, tree
 from tests.helpers.box import Box, make_box
 
-PROCESSES = ("supervisord", "relay", "access", "registry_sync", "watchdog")
+PROCESSES = ("supervisord", "relay", "access", "registry_sync", "console", "watchdog")
 SAMPLE_EVERY = 0.5
 MB = 1024 * 1024
 TARGET_RSS_MB = 120

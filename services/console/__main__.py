@@ -32,9 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"console: {exc}", file=sys.stderr)
         return 2
-    from services.console.app import Console
+    from services.console.app import Console, missing_dependencies
     from services.console.web import site
 
+    missing = missing_dependencies()
+    if missing:  # imported only at the first page: refused here, so `appliance up` fails, not a request
+        print(f"console: cannot start: the {', '.join(missing)} package is not installed", file=sys.stderr)
+        return 1
     try:
         console = Console(cfg)
         tls = TLSContext(cfg.tls.cert, cfg.tls.key)

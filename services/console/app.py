@@ -7,11 +7,11 @@ a pool thread (web.Dispatcher) and gets a `Req`; nothing here touches the reacto
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from appliance.accounts import AccountStore
 from appliance.config import Config
@@ -21,6 +21,9 @@ from appliance.console.sessions import LIFETIME, LoginTokens, Session, Sessions,
 from appliance.console.timeseries import TimeSeries
 from appliance.submitclient import SubmitClient
 from services.console.web import Req, Resp, cookie, redirect, text
+
+if TYPE_CHECKING:
+    import jinja2
 
 SESSION_COOKIE = "console_session"
 PRE_LOGIN_COOKIE = "console_pre"
@@ -34,6 +37,17 @@ Route = Callable[["Console", Req, Session], Resp]
 
 def _ts(value: float | None) -> str:
     return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+# Imported at the first page, not at start: an idle console only samples counters and answers the
+# well-known names, and Jinja2 and the admin pages (appliance.status, supervision, tlspolicy) hold
+# about 3 MB (docs/benchmarks.md, idle memory). missing_dependencies() keeps a missing one a start-up error.
+LAZY_DEPENDENCIES = ("jinja2",)
+
+
+def missing_dependencies() -> list[str]:
+    """The packages of LAZY_DEPENDENCIES that are not installed (the console refuses to start without them)."""
+    return [name for name in LAZY_DEPENDENCIES if importlib.util.find_spec(name) is None]
 
 
 def open_store(cfg: Config) -> Any:
@@ -55,15 +69,28 @@ class Console:
         self.login_tokens = LoginTokens(Path(cfg.paths.state_dir) / "console.key")
         self.accounts = open_store(cfg)
         self.limiter = SubmitClient(cfg.paths.internal_socket, timeout=10.0)
-        self.jinja = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                                        autoescape=True, undefined=jinja2.StrictUndefined)
-        self.jinja.filters["ts"] = _ts
-        from services.console import pages, public
+        from services.console import public
 
-        # (method, path) -> handler; admin routes need an admin session, customer ones any session.
-        self.admin: dict[tuple[str, str], Route] = pages.ROUTES
+        # (method, path) -> handler; admin routes (self.admin, loaded at the first request that needs
+        # them) need an admin session, customer ones any session.
         self.customer: dict[tuple[str, str], Route] = public.CUSTOMER_ROUTES
         self.public: dict[tuple[str, str], Callable[[Console, Req], Resp]] = public.PUBLIC_ROUTES
+
+    # cached_property: built once, at first use (two first requests at once may both build it; same result).
+    @cached_property
+    def admin(self) -> dict[tuple[str, str], Route]:
+        from services.console import pages
+
+        return pages.ROUTES
+
+    @cached_property
+    def jinja(self) -> jinja2.Environment:
+        import jinja2
+
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                 autoescape=True, undefined=jinja2.StrictUndefined)
+        env.filters["ts"] = _ts
+        return env
 
     # --- rendering ---------------------------------------------------------------------------
 
