@@ -9,6 +9,7 @@ include:
   - appliance.validate
   - appliance.firewall      # before certbot: standalone HTTP-01 needs port 80 open
   - appliance.ssh
+  - appliance.move          # the service user's rrsync-only key for `user move --ssh` (fleet:move)
   - appliance.dkim
   - appliance.tls
   - appliance.certbot

@@ -15,7 +15,11 @@ appliance-user:
     - system: True
     - home: {{ appliance.config.paths.state_dir }}
     - createhome: False
-    - shell: /usr/sbin/nologin
+    # nologin, unless this box takes `user move --ssh` (fleet:move:authorized_keys, move.sls):
+    # sshd runs even a forced command (the keys' rrsync) through the login shell, `SHELL -c
+    # COMMAND`, and nologin refuses that. /bin/sh then runs only the forced command: every key
+    # of the user is restricted to it and there is no password.
+    - shell: {{ '/bin/sh' if appliance.move_keys else '/usr/sbin/nologin' }}
     - fullname: ISP Mail Appliance
     - require:
       - group: appliance-group
