@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -62,7 +63,10 @@ log = logging.getLogger("appliance.delivery.local")
 # dmarc_verify's request (relay.outsiders = "verify": p=quarantine failures), set only by the relay.
 _JUNK_FIELD = re.compile(rb"(?im)^" + re.escape(JUNK_HEADER.encode()) + rb"[ \t]*:")
 FSYNC_THREADS = 8
-BATCH_MAX = 64  # deliveries in one batch
+# Message bytes the delivery threads hold read from the spool at once (each also makes an LF copy
+# and a copy per recipient): the threads and their batches are many, big messages wait their turn.
+LOAD_BUDGET = 32 * 1024 * 1024
+BATCH_MAX = 16  # deliveries in one batch: more wait for the next free thread (their fsyncs overlap)
 
 
 @dataclass
@@ -78,6 +82,28 @@ class _Job:
     qid: str = ""
     error: Exception | None = None  # the queued message could not be read
     finished: bool = False
+
+
+class _Budget:
+    """Bytes shared by the delivery threads; ``take`` waits while others hold too many. A message
+    bigger than the whole budget goes when nothing else is held. A thread holds one take at a time."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._cond = threading.Condition()
+
+    def take(self, size: int) -> int:
+        with self._cond:
+            self._cond.wait_for(lambda: self.held == 0 or self.held + size <= self.limit)
+            self.held += size
+        return size
+
+    def give(self, size: int) -> None:
+        if size:
+            with self._cond:
+                self.held -= size
+                self._cond.notify_all()
 
 
 @dataclass
@@ -126,6 +152,7 @@ class LocalDelivery:
         # Maildir, so two threads cannot both fit a message into the last room of one mailbox.
         self._quota_lock = threading.Lock()
         self._inflight: dict[Path, list[int]] = {}
+        self._budget = _Budget(LOAD_BUDGET)
         self.stats = {"delivered": 0, "batches": 0, "file_fsyncs": 0, "dir_fsyncs": 0, "over_quota": 0,
                       "quota_warnings": 0}
 
@@ -240,6 +267,52 @@ class LocalDelivery:
         finally:
             self._settle(reserved, delivered)
 
+    def _write_files(self, store: AccountStore | PgAccountStore, job: _Job, files: list[_File],
+                     maildirs: dict[str, Path], ready: set[Path], reserved: list[tuple[Path, int]],
+                     warn: dict[Path, tuple[str, mquota.QuotaLimits, tuple[int, int]]]) -> None:
+        """Write JOB's message into each recipient's Maildir tmp/ (not yet fsynced: FILES)."""
+        assert job.msg is not None
+        # RFC 5321 4.4: the final delivery MTA adds Return-Path. Maildir files use LF line ends.
+        body = job.msg.data.replace(b"\r\n", b"\n")
+        junk = to_junk(job.msg.data)
+        for r in job.rcpts:
+            owner = store.owner_of(r)
+            if owner is None and r.split("@", 1)[0] == "postmaster" and self.postmaster:
+                # RFC 5321 4.5.1: postmaster must be accepted (the relay does) and delivered.
+                owner = store.owner_of(self.postmaster)
+            if owner is None:
+                job.outcomes += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
+                continue
+            md = maildirs.get(owner) or maildirs.setdefault(owner, account_maildir(self.mail_dir, owner))
+            content = f"Return-Path: <{job.msg.sender}>\nDelivered-To: {r}\n".encode() + body
+            vsize = crlf_size(content)
+            if self.limit_classes is not None:
+                refusal = self._over_quota(store, owner, md, vsize, reserved, warn)
+                if refusal is not None:
+                    self._count(over_quota=1)
+                    job.outcomes += deferred([r], 452, "4.2.2", f"<{r}>: {refusal}")
+                    continue
+            name = unique_name(len(content), vsize)
+            # Quota counts the whole account (md); the file goes into its Junk folder when asked.
+            target = md / dir_name(JUNK) if junk else md
+            try:
+                if target not in ready:
+                    ensure_maildir(target)
+                    ready.add(target)
+                fd = os.open(target / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                job.outcomes += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
+                continue
+            f = _File(job, r, owner, target, name, fd, md, vsize)
+            try:
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                self._drop(f, exc)
+                continue
+            files.append(f)
+
     def _settle(self, reserved: list[tuple[Path, int]], delivered: list[_File]) -> None:
         """Count what was delivered into the usage and give back the batch's reservations, in one step
         for the other threads' quota checks (a message is never counted in neither, at worst in both)."""
@@ -263,53 +336,23 @@ class LocalDelivery:
         maildirs: dict[str, Path] = {}
         ready: set[Path] = set()
         for job in batch:
+            loaded = 0  # bytes of the budget this job's data holds (read here from the spool)
             if job.msg is None:
                 assert job.spool is not None
                 try:
+                    loaded = self._budget.take(job.spool.path(job.qid).stat().st_size)
                     job.msg = job.spool.load(job.qid)
                 except (OSError, SpoolFormatError) as exc:
+                    self._budget.give(loaded)
                     job.error = exc
                     continue
-            # RFC 5321 4.4: the final delivery MTA adds Return-Path. Maildir files use LF line ends.
-            body = job.msg.data.replace(b"\r\n", b"\n")
-            junk = to_junk(job.msg.data)
-            for r in job.rcpts:
-                owner = store.owner_of(r)
-                if owner is None and r.split("@", 1)[0] == "postmaster" and self.postmaster:
-                    # RFC 5321 4.5.1: postmaster must be accepted (the relay does) and delivered.
-                    owner = store.owner_of(self.postmaster)
-                if owner is None:
-                    job.outcomes += failed([r], 550, "5.1.1", f"<{r}>: no such user here")
-                    continue
-                md = maildirs.get(owner) or maildirs.setdefault(owner, account_maildir(self.mail_dir, owner))
-                content = f"Return-Path: <{job.msg.sender}>\nDelivered-To: {r}\n".encode() + body
-                vsize = crlf_size(content)
-                if self.limit_classes is not None:
-                    refusal = self._over_quota(store, owner, md, vsize, reserved, warn)
-                    if refusal is not None:
-                        self._count(over_quota=1)
-                        job.outcomes += deferred([r], 452, "4.2.2", f"<{r}>: {refusal}")
-                        continue
-                name = unique_name(len(content), vsize)
-                # Quota counts the whole account (md); the file goes into its Junk folder when asked.
-                target = md / dir_name(JUNK) if junk else md
-                try:
-                    if target not in ready:
-                        ensure_maildir(target)
-                        ready.add(target)
-                    fd = os.open(target / "tmp" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except OSError as exc:
-                    job.outcomes += deferred([r], 451, "4.3.0", f"local delivery failed: {exc.strerror or exc}")
-                    continue
-                f = _File(job, r, owner, target, name, fd, md, vsize)
-                try:
-                    view = memoryview(content)
-                    while view:
-                        view = view[os.write(fd, view):]
-                except OSError as exc:
-                    self._drop(f, exc)
-                    continue
-                files.append(f)
+            try:
+                self._write_files(store, job, files, maildirs, ready, reserved, warn)
+            finally:
+                if loaded:
+                    # Written (or refused): the data goes; the manager reads it again if it needs it.
+                    job.msg = dataclasses.replace(job.msg, data=b"")
+                    self._budget.give(loaded)
         errors = self._each(_fsync, [f.fd for f in files])
         self._count(file_fsyncs=sum(1 for e in errors if e is None))
         renamed: list[_File] = []
