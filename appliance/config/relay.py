@@ -171,7 +171,9 @@ class RelayConfig(Model):
     max_lifetime: int = Field(432_000, gt=0, description="Seconds before an undeliverable message is bounced (5 days).")
     delay_warning: int = Field(0, ge=0, description="Seconds after which a delay DSN is sent once; 0 disables it.")
     destination_concurrency: int = Field(10, gt=0, description="Parallel deliveries to one destination.")
-    delivery_workers: int = Field(20, gt=0, description="Parallel deliveries in total.")
+    delivery_workers: int = Field(20, gt=0, description=(
+        "Parallel deliveries in total: remote attempts at once, and the number of local delivery "
+        "threads (each may hold an accounts connection, PostgreSQL included)."))
     upstream: UpstreamConfig | None = Field(None, description="Required when box.role is `edge`.")
     ca_file: str = Field(
         "",

@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.delivery")
 
 CONTROL_POLL = 0.5
+# Attempts handed whole to the local delivery threads may be this many times delivery_workers: they
+# wait in the threads' queue, not for the event loop. With at most delivery_workers attempts in
+# flight, each delivery's round trip through the loop (shared with every SMTP session) capped
+# local delivery at delivery_workers / round trip: 20 attempts waiting for the loop to see their
+# result while the delivery threads sat idle (docs/benchmarks.md "Profile, third session").
+LOCAL_DEPTH = 8
 STOP_GRACE = 20.0
 PacingHook = Callable[[Destination], Awaitable[None]]
 
@@ -127,10 +133,12 @@ class DeliveryManager:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._local_waiting = 0  # attempts waiting for the local delivery threads (see LOCAL_DEPTH)
         self._dest_sems: dict[str, asyncio.Semaphore] = {}
         self._local = LocalDelivery(cfg.paths.mail_dir, functools.partial(open_accounts, cfg),
                                     postmaster=cfg.box.postmaster_address, limit_classes=cfg.limits.classes,
-                                    usage=usage)  # USAGE: shared with the relay's RCPT quota check
+                                    usage=usage,  # USAGE: shared with the relay's RCPT quota check
+                                    threads=cfg.relay.delivery_workers)
         self._last_control = 0.0
         self._homes_store: AccountStore | PgAccountStore | None = None  # home-box lookups (fleet.boxes)
         # smtplib is blocking: its own threads, as many as deliveries may run at once.
@@ -221,7 +229,7 @@ class DeliveryManager:
                 self._last_control = now
                 self._control(await asyncio.to_thread(lambda: list(self.spool.take_requests())))
                 smtpclient.POOL.reap()
-            while self._heap and len(self._tasks) < workers:
+            while self._heap and self._room(workers):
                 when, qid = self._heap[0]
                 if when > now:
                     break
@@ -234,12 +242,18 @@ class DeliveryManager:
                 self._tasks.add(t)
                 t.add_done_callback(self._task_done)
             timeout = CONTROL_POLL
-            if self._heap and len(self._tasks) < workers:
+            if self._heap and self._room(workers):
                 timeout = max(0.0, min(timeout, self._heap[0][0] - time.time()))
             if timeout > 0:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    def _room(self, workers: int) -> bool:
+        """May another attempt start? At most WORKERS of them doing anything but waiting for the
+        local delivery threads (smtplib, DNS, reading), and WORKERS * LOCAL_DEPTH in all."""
+        busy = len(self._tasks)
+        return busy - self._local_waiting < workers and busy < workers * LOCAL_DEPTH
 
     def _task_done(self, t: asyncio.Task[None]) -> None:
         self._tasks.discard(t)
@@ -313,9 +327,16 @@ class DeliveryManager:
             if whole_local:
                 # Mail for this box's own mailboxes: read, delivered and (when every recipient is
                 # delivered) removed from the spool by the local delivery thread, in one hand-off.
-                rt, rcpts = local[0]
-                async with self._dest_sem(rt.destination.key):
+                # Not under destination_concurrency (a remote server's protection): local deliveries
+                # are bounded by delivery_workers, the attempts in flight and the delivery threads.
+                # Capped at 10, the delivery threads' batches could not grow (docs/benchmarks.md).
+                _rt, rcpts = local[0]
+                self._local_waiting += 1
+                self._wake.set()  # room for another attempt (see _room)
+                try:
                     done = await self._local.deliver_queued(self.spool, e.id, rcpts)
+                finally:
+                    self._local_waiting -= 1
                 if done.finished:
                     self.stats["delivered"] += len(rcpts)
                     DELIVERIES.labels("delivered").inc(len(rcpts))
@@ -413,9 +434,9 @@ class DeliveryManager:
             return failed(rcpts, 550, "5.7.1", f"relaying to {dest.domain} refused: {rt.reason}")
         if dest.kind == "hold":
             return deferred(rcpts, 450, "4.4.4", f"held: {rt.reason}")
+        if dest.kind == "local":
+            return await self._deliver_local(rcpts, msg)  # bounded by delivery_workers (above)
         async with self._dest_sem(dest.key):
-            if dest.kind == "local":
-                return await self._deliver_local(rcpts, msg)
             if self.before_connect is not None:
                 await self.before_connect(dest)
             helo = self.cfg.box.hostname

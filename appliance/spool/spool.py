@@ -43,7 +43,7 @@ from appliance.spool.format import (
     encode_log,
     read_head,
 )
-from appliance.spool.incoming import Incoming, Precreated
+from appliance.spool.incoming import POOL_START, Incoming, Precreated
 
 log = logging.getLogger("appliance.spool")
 
@@ -380,7 +380,7 @@ class Spool:
             fsync_dir(self.queue_dir)
             fsync_dir(self.corrupt_dir)
         fsync_dir(self.incoming_dir)
-        self.precreated.fill()
+        self.precreated.fill(POOL_START)  # the background refill takes it to POOL_HIGH
         return rep
 
     def _recover_incoming(self, p: Path, rep: RecoveryReport) -> bool:
