@@ -88,6 +88,22 @@ class SshTarget:
         return (f"{self.user}@" if self.user else "") + f"{self.host}:{self.port}"
 
 
+# rsync(1), EXIT VALUES: said beside the code, because rsync's own message can be lost (a receiver
+# that dies on a full disk may exit before its error reaches this side: exit 11, empty stderr).
+RSYNC_EXITS = {
+    1: "syntax or usage error", 2: "protocol incompatibility", 3: "errors selecting input/output files, dirs",
+    5: "error starting client-server protocol", 10: "error in socket I/O", 11: "error in file I/O "
+    "(on the target: a full disk, or no permission?)", 12: "error in rsync protocol data stream",
+    20: "received SIGUSR1 or SIGINT", 22: "error allocating core memory buffers",
+    23: "partial transfer due to error", 30: "timeout in data send/receive", 255: "ssh failed",
+}
+
+
+def _exit_text(code: int) -> str:
+    meaning = RSYNC_EXITS.get(code)
+    return f"rsync exit {code}" + (f", {meaning}" if meaning else "")
+
+
 def _tail(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= STDERR_TAIL else "..." + text[-STDERR_TAIL:]
@@ -113,7 +129,8 @@ class RemoteMaildir:
         # 24: files vanished while rsync listed them (a flag change renames a message file while
         # the first copy runs); the final copy under the hold sees the new names.
         if r.returncode not in (0, 24):
-            raise MoveError(f"{what} to {self.describe()} failed (rsync exit {r.returncode}): {_tail(r.stderr)}")
+            raise MoveError(f"{what} to {self.describe()} failed ({_exit_text(r.returncode)}): "
+                            f"{_tail(r.stderr) or 'rsync said nothing more'}")
         return r
 
     def check_empty(self) -> None:
@@ -128,7 +145,8 @@ class RemoteMaildir:
         if r.returncode in (12, 23) and "No such file or directory" in r.stderr:
             return  # nothing there yet, the usual case (rrsync says so itself: exit 12; plain rsync: 23)
         if r.returncode != 0:
-            raise MoveError(f"cannot reach {self.describe()} (rsync exit {r.returncode}): {_tail(r.stderr)}")
+            raise MoveError(f"cannot reach {self.describe()} ({_exit_text(r.returncode)}): "
+                            f"{_tail(r.stderr) or 'rsync said nothing more'}")
         entries = [line for line in r.stdout.splitlines() if line.strip() and not line.rstrip().endswith(" .")]
         if entries:
             raise MoveError(f"{self.describe()}: exists and is not empty: nothing copied "
