@@ -26,7 +26,7 @@ from appliance.tlspolicy import mtasts as relay_mtasts
 from services.console.wellknown import names
 from tests.console.conftest import require_curl
 from tests.helpers.box import make_box, run_cli, wait_port
-from tests.helpers.wait import refused_while_held
+from tests.helpers.wait import closed_by_server, refused_while_held
 
 REPO = Path(__file__).resolve().parents[2]
 SECOND = "second.test"
@@ -171,17 +171,6 @@ def test_oversize_headers_are_refused(wk: WellKnown) -> None:
     assert wk.curl(f"mta-sts.{SECOND}", "/.well-known/mta-sts.txt")[0] == 200
 
 
-def _wait_closed(sock: socket.socket) -> bool:
-    """Whether the server closed SOCK (it never sends anything to a client that sent nothing)."""
-    sock.settimeout(60)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_the_per_client_cap(wk: WellKnown) -> None:
     def hold() -> list[socket.socket]:
         # Each slot taken: a TLS handshake on each proves the server accepted (counted) it.
@@ -202,7 +191,7 @@ def test_the_per_client_cap(wk: WellKnown) -> None:
 def test_the_lifetime_cap_closes_a_silent_connection(wk: WellKnown) -> None:
     # Connected, not even a TLS ClientHello: the server closes it when its lifetime is over.
     with socket.create_connection(("127.0.0.1", wk.port), timeout=30) as s:
-        assert _wait_closed(s)
+        assert closed_by_server(s)
 
 
 @pytest.mark.parametrize(("change", "key"), [

@@ -26,7 +26,7 @@ from services.console.wellknown import names
 from tests.conftest import require
 from tests.console.conftest import require_curl
 from tests.helpers.box import make_box, run_cli, wait_port
-from tests.helpers.wait import refused_while_held
+from tests.helpers.wait import closed_by_server, refused_while_held
 from tests.states.pebble import running_pebble
 
 REPO = Path(__file__).resolve().parents[2]
@@ -192,16 +192,6 @@ def test_oversize_headers_are_refused(plain: Plain) -> None:
     assert plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 200
 
 
-def _wait_closed(sock: socket.socket) -> bool:
-    sock.settimeout(60)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_the_per_client_cap_and_the_lifetime(plain: Plain) -> None:
     def hold() -> list[socket.socket]:
         return [socket.create_connection(("127.0.0.1", plain.port), timeout=30) for _ in range(PER_CLIENT)]
@@ -210,7 +200,7 @@ def test_the_per_client_cap_and_the_lifetime(plain: Plain) -> None:
     assert refused_while_held(hold, lambda: plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 0)
     # A connection that sends nothing is closed when its lifetime is over.
     with socket.create_connection(("127.0.0.1", plain.port), timeout=30) as silent:
-        assert _wait_closed(silent)
+        assert closed_by_server(silent)
     for _ in range(50):
         if plain.curl(f"autoconfig.{SECOND}", "/mail/config-v1.1.xml")[0] == 200:
             break

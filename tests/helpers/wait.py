@@ -66,3 +66,14 @@ def refused_while_held(hold: Callable[[], list[Any]], probe: Callable[[], bool],
             for conn in held:
                 conn.close()
     return False
+
+
+def closed_by_server(sock: Any, timeout: float = 60.0) -> bool:
+    """Whether the server closed SOCK within TIMEOUT s (it sends nothing to a client that sent nothing)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
